@@ -1,0 +1,22 @@
+"""flask_chest_otel: Flask ``g`` variables of each request as OpenTelemetry
+measurements, exported to InfluxDB, HTTP endpoints (SignalFx) and SQLite."""
+
+from __future__ import annotations
+
+from ._chest import Chest
+from ._delivery import BufferedExporter, DeliveryStats
+from ._recorder import VERSION as __version__
+from .decorator import flask_chest
+from .meter_provider import FlaskChestMeterProvider
+from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
+
+__all__ = [
+    "BufferedExporter",
+    "Chest",
+    "DeliveryStats",
+    "FlaskChestMeterProvider",
+    "FlaskChestSQLite",
+    "SQLiteMetricExporter",
+    "__version__",
+    "flask_chest",
+]

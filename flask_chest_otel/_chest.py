@@ -1,0 +1,93 @@
+"""What every chest is: a named destination of decorated variables, with its
+own exporter, export interval and logger."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+
+from ._delivery import LOGGER, BufferedExporter
+from ._recorder import RECORDER
+
+#: Default seconds between exports: short, because users watch SLIs live.
+DEFAULT_EXPORT_INTERVAL = 2.0
+
+
+class Chest:
+    """A destination for decorated variables, given to ``@flask_chest(chests=[...])``.
+
+    A chest receives only the measurements of routes decorated with it. Its
+    exporter sends them on its own thread every ``export_interval`` seconds;
+    ``force_flush()`` sends now, ``shutdown()`` (also run at interpreter exit)
+    sends what is left within its timeout and stops.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        exporter: BufferedExporter[Any],
+        *,
+        export_interval: float = DEFAULT_EXPORT_INTERVAL,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not export_interval > 0:
+            raise ValueError(f"{name}: export_interval must be > 0 seconds, got {export_interval!r}")
+        self.name = name
+        self.logger = logger or LOGGER
+        self.export_interval = float(export_interval)
+        self.exporter = exporter
+        exporter.flush_interval = self.export_interval
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def _receive(self, metrics_data: MetricsData) -> None:
+        self.exporter.export(metrics_data)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Collects what routes recorded and sends everything now; True when
+        all of it was delivered within the timeout."""
+        RECORDER.collect()
+        return self.exporter.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        """Sends what is left (bounded by ``timeout_millis``) and stops."""
+        RECORDER.collect()
+        RECORDER.forget(self)
+        self.exporter.shutdown(timeout_millis=timeout_millis)
+
+    def metric_reader(self, export_interval_millis: float | None = None) -> MetricReader:
+        """A reader to add to the application's own MeterProvider, so that this
+        chest also exports the app's other OTel metrics. The chest keeps
+        ownership: shutting the provider down flushes but does not stop it."""
+        interval = export_interval_millis or self.export_interval * 1000
+        return PeriodicExportingMetricReader(
+            _SharedExporter(self.exporter), export_interval_millis=interval
+        )
+
+
+class _SharedExporter(MetricExporter):
+    """Forwards to a chest's exporter without letting a provider shut it down."""
+
+    def __init__(self, exporter: BufferedExporter[Any]) -> None:
+        super().__init__(preferred_temporality=exporter._preferred_temporality)
+        self._exporter = exporter
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        return self._exporter.export(metrics_data, timeout_millis)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._exporter.force_flush(timeout_millis)

@@ -1,0 +1,246 @@
+"""``@flask_chest``: after each request, records chosen ``flask.g`` variables
+as OpenTelemetry measurements keyed by the request ID (flask-chest's import
+path, kept)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar, cast
+
+from flask import g, request
+
+from ._chest import Chest
+from ._delivery import LOGGER, RateLimitedLog
+from ._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, ATTR_STRING_VALUE, ATTR_TIME
+from ._recorder import RECORDER, ChestGauge
+from ._values import coerce
+from .meter_provider import FlaskChestMeterProvider
+
+__all__ = ["flask_chest"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Longest request ID kept (flask-chest's limit).
+MAX_REQUEST_ID = 255
+#: Methods ``tracked_vars`` may name (case-insensitive).
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+
+_log = RateLimitedLog(LOGGER, interval=300.0)
+
+
+def default_request_id() -> str:
+    """A random UUID4 string."""
+    return str(uuid.uuid4())
+
+
+class _Recording:
+    """What one decorator use records, and where: built once, used per request."""
+
+    def __init__(
+        self,
+        chests: Sequence[Chest | FlaskChestMeterProvider],
+        tracked_vars: Mapping[str, Sequence[str]] | None,
+        request_id_generator: Callable[[], Any] | None,
+        raise_exceptions: bool,
+    ) -> None:
+        self.tracked = _check_tracked_vars(tracked_vars)
+        self.generate = request_id_generator or default_request_id
+        if not callable(self.generate):
+            raise TypeError(f"request_id_generator must be callable, got {self.generate!r}")
+        self.raise_exceptions = raise_exceptions
+        exporting = [chest for chest in chests if isinstance(chest, Chest)]
+        self.providers = [chest for chest in chests if isinstance(chest, FlaskChestMeterProvider)]
+        self.sink = RECORDER.sink(exporting) if exporting else None
+        self._instruments: dict[str, tuple[ChestGauge | None, list[Any]]] = {}
+
+    def _instruments_for(self, name: str) -> tuple[ChestGauge | None, list[Any]]:
+        instruments = self._instruments.get(name)
+        if instruments is None:
+            own = self.sink.create_gauge(name) if self.sink is not None else None
+            sdk = [provider.gauge(name) for provider in self.providers]
+            instruments = self._instruments.setdefault(name, (own, sdk))
+        return instruments
+
+    def start(self) -> None:
+        """Sets ``g.custom_request_id`` before the view runs."""
+        try:
+            request_id = self.generate()
+            if not isinstance(request_id, str):
+                if request_id is None:
+                    raise TypeError("request_id_generator returned None")
+                request_id = str(request_id)
+            if not request_id:
+                raise ValueError("request_id_generator returned an empty string")
+        except Exception as exc:
+            if self.raise_exceptions:
+                raise
+            request_id = default_request_id()
+            _log.log(
+                logging.WARNING,
+                "request-id",
+                "flask_chest_otel: request_id_generator failed (%r) on route %s; "
+                "using a UUID4 instead",
+                exc,
+                _route(),
+            )
+        g.custom_request_id = request_id[:MAX_REQUEST_ID]
+
+    def finish(self, view_failed: bool = False) -> None:
+        """Records the tracked variables that are set on ``g``. When the view
+        failed, a recording error is only logged: the view's exception wins."""
+        try:
+            self._record()
+        except Exception:
+            if self.raise_exceptions and not view_failed:
+                raise
+            _log.log(
+                logging.ERROR,
+                "record",
+                "flask_chest_otel: recording failed on route %s",
+                _route(),
+                exc_info=True,
+            )
+
+    def _record(self) -> None:
+        method = request.method
+        if self.tracked is None:
+            names: Iterable[str] = [
+                name for name in vars(g) if not name.startswith("_") and name != "custom_request_id"
+            ]
+        else:
+            names = self.tracked.get(method, ())
+            if not names:
+                return
+        attributes: dict[str, str | int] = {
+            ATTR_REQUEST_ID: g.get("custom_request_id") or default_request_id(),
+            ATTR_METHOD: method,
+        }
+        route = _route()
+        if route is not None:
+            attributes[ATTR_ROUTE] = route
+        now = time.time_ns()
+        values = vars(g)
+        for name in names:
+            if name not in values:
+                continue
+            value = coerce(values[name])
+            if value is None:
+                continue
+            point_attributes = attributes
+            if isinstance(value, str):
+                point_attributes = {**attributes, ATTR_STRING_VALUE: value}
+                value = 1.0
+            own, sdk = self._instruments_for(name)
+            if own is not None:
+                own.record_at(value, point_attributes, now)
+            if sdk:
+                timed = {**point_attributes, ATTR_TIME: now}
+                for instrument in sdk:
+                    instrument.set(value, timed)
+
+
+def _route() -> str | None:
+    rule = request.url_rule
+    return rule.rule if rule is not None else None
+
+
+def _check_tracked_vars(
+    tracked_vars: Mapping[str, Sequence[str]] | None,
+) -> dict[str, tuple[str, ...]] | None:
+    if tracked_vars is None:
+        return None
+    if not isinstance(tracked_vars, Mapping):
+        raise TypeError(
+            "tracked_vars must map HTTP methods to lists of g variable names, "
+            f"e.g. {{'GET': ['transaction']}}; got {type(tracked_vars).__name__}"
+        )
+    tracked: dict[str, tuple[str, ...]] = {}
+    for method, names in tracked_vars.items():
+        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+            raise ValueError(
+                f"tracked_vars: {method!r} is not an HTTP method "
+                f"(one of {', '.join(sorted(HTTP_METHODS))})"
+            )
+        if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)):
+            raise TypeError(
+                f"tracked_vars[{method!r}] must be a list of g variable names, got {names!r}"
+            )
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"tracked_vars[{method!r}]: {name!r} is not a variable name")
+        tracked[method.upper()] = tuple(dict.fromkeys(names))
+    return tracked
+
+
+def flask_chest(
+    chests: Sequence[Chest | FlaskChestMeterProvider],
+    tracked_vars: Mapping[str, Sequence[str]] | None = None,
+    request_id_generator: Callable[[], Any] | None = None,
+    raise_exceptions: bool = False,
+) -> Callable[[F], F]:
+    """Records chosen ``g`` variables of each request to ``chests``.
+
+    Args:
+        chests: where this route's measurements go, and only there.
+        tracked_vars: HTTP method -> names of ``g`` variables to record for
+            it, in order; a method absent records nothing; ``None`` records
+            every public attribute of ``g``.
+        request_id_generator: called once per request, before the view;
+            default a UUID4 string. Its result (``str()`` of a non-string),
+            cut to 255 characters, is left on ``g.custom_request_id``.
+        raise_exceptions: if True, an error while recording (a failing
+            ``request_id_generator``, say) propagates to the request; if False
+            (default) it is logged and the request goes on, with a UUID4 when
+            the generator failed. Export errors never reach a request.
+
+    The variables are read after the view returns, and also when it raises
+    (what was set before the error is recorded); the view's exception then
+    propagates unchanged. Sync and async views are both supported.
+    """
+    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
+        chests = [chests]
+    if not isinstance(chests, (list, tuple)) or not chests:
+        raise ValueError("flask_chest: chests must be a non-empty list of chests")
+    for chest in chests:
+        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
+            raise TypeError(f"flask_chest: {chest!r} is not a chest")
+    recording = _Recording(chests, tracked_vars, request_id_generator, raise_exceptions)
+
+    def decorate(view: F) -> F:
+        if inspect.iscoroutinefunction(view):
+            async_view = cast(Callable[..., Awaitable[Any]], view)
+
+            @functools.wraps(view)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                recording.start()
+                try:
+                    response = await async_view(*args, **kwargs)
+                except BaseException:
+                    recording.finish(view_failed=True)
+                    raise
+                recording.finish()
+                return response
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            recording.start()
+            try:
+                response = view(*args, **kwargs)
+            except BaseException:
+                recording.finish(view_failed=True)
+                raise
+            recording.finish()
+            return response
+
+        return cast(F, wrapper)
+
+    return decorate

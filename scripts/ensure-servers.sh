@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the real servers the integration tests start (Debian packages):
+# VictoriaMetrics (InfluxDB v2 write API) and InfluxDB 1.6 (v1 API).
+set -euo pipefail
+need=()
+command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing ${need[*]} (Debian packages) for the integration tests" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
