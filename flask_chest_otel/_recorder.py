@@ -123,6 +123,7 @@ class Recorder:
         for chest in chests:
             self._chests.add(chest)
         self._ensure_thread()
+        self._wake.set()  # the collector re-reads the shortest interval
         return Sink(self, chests)
 
     def record(

@@ -84,7 +84,7 @@ class _Recording:
             request_id = default_request_id()
             _log.log(
                 logging.WARNING,
-                "request-id",
+                f"request-id:{_route()}:{exc!r}",
                 "flask_chest_otel: request_id_generator failed (%r) on route %s; "
                 "using a UUID4 instead",
                 exc,
@@ -102,7 +102,7 @@ class _Recording:
                 raise
             _log.log(
                 logging.ERROR,
-                "record",
+                f"record:{_route()}",
                 "flask_chest_otel: recording failed on route %s",
                 _route(),
                 exc_info=True,

@@ -103,6 +103,23 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
         self.busy_timeout = busy_timeout
         self._insert = _INSERT.format(table=table)
         self._connection: sqlite3.Connection | None = None
+        if db_uri != ":memory:":
+            self._create_table()
+
+    def _create_table(self) -> None:
+        """Creates the table now, so that it can be queried before the first
+        export; a database that cannot be opened yet is retried by the sender."""
+        try:
+            self._connect()
+        except sqlite3.Error as exc:
+            self.logger.warning("%s: cannot open %s yet (%s); will retry", self.name, self.db_uri, exc)
+        finally:
+            self._close()
+
+    def _after_fork_in_child(self) -> None:
+        # A SQLite connection must not cross a fork: the child opens its own.
+        self._connection = None
+        super()._after_fork_in_child()
 
     def __repr__(self) -> str:
         return f"SQLiteMetricExporter(db_uri={self.db_uri!r}, table={self.table!r})"

@@ -1,0 +1,79 @@
+"""Shared fixtures: SQLite chests on temporary files and the sample app."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, g, request
+
+from flask_chest_otel import FlaskChestSQLite, flask_chest
+from flask_chest_otel._chest import Chest
+
+SAMPLE_TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
+
+
+def read_rows(db_path: Path | str, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    """Every row of the chest table, as dicts."""
+    connection = sqlite3.connect(db_path)
+    connection.row_factory = sqlite3.Row
+    try:
+        query = "SELECT * FROM flask_chest " + where + " ORDER BY id"
+        return [dict(row) for row in connection.execute(query, params)]
+    finally:
+        connection.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Polls ``condition`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def make_sqlite_chest(tmp_path: Path) -> Iterator[Callable[..., FlaskChestSQLite]]:
+    """Builds SQLite chests on files under tmp_path; shuts them all down after."""
+    chests: list[Chest] = []
+
+    def make(name: str = "SQLite", **options: Any) -> FlaskChestSQLite:
+        options.setdefault("db_uri", str(tmp_path / f"{name}.sqlite3"))
+        chest = FlaskChestSQLite(name=name, **options)
+        chests.append(chest)
+        return chest
+
+    yield make
+    for chest in chests:
+        chest.shutdown(timeout_millis=5_000)
+
+
+@pytest.fixture
+def sqlite_chest(make_sqlite_chest: Callable[..., FlaskChestSQLite]) -> FlaskChestSQLite:
+    return make_sqlite_chest()
+
+
+def sample_app(chests: list[Any], **decorator_options: Any) -> Flask:
+    """The sample usage of flask-chest's docs, with only the import changed."""
+    app = Flask(__name__)
+    decorator_options.setdefault("tracked_vars", SAMPLE_TRACKED)
+
+    @app.route("/", methods=["GET", "POST"])
+    @flask_chest(chests=chests, **decorator_options)
+    def index() -> str:
+        g.start = time.time()
+        if request.method == "POST":
+            g.transaction = 1
+            g.response_time = time.time() - g.start
+            return "Hello, World!"
+        g.transaction = 1
+        g.response_time = time.time() - g.start
+        return "Hello, World!"
+
+    return app
