@@ -7,6 +7,7 @@ from ._chest import Chest
 from ._delivery import BufferedExporter, DeliveryStats
 from ._recorder import VERSION as __version__
 from .decorator import flask_chest
+from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 from .meter_provider import FlaskChestMeterProvider
 from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
 
@@ -14,6 +15,8 @@ __all__ = [
     "BufferedExporter",
     "Chest",
     "DeliveryStats",
+    "HTTPPayloadMetricExporter",
+    "FlaskChestCustomWriter",
     "FlaskChestMeterProvider",
     "FlaskChestSQLite",
     "SQLiteMetricExporter",

@@ -9,6 +9,9 @@ SCOPE_NAME = "flask_chest_otel"
 ATTR_REQUEST_ID = "request_id"
 ATTR_METHOD = "http.request.method"
 ATTR_ROUTE = "http.route"
+#: Position of the variable among its request's (tracked_vars order); set on
+#: the chests' own pipeline only, and stripped by the exporters.
+ATTR_INDEX = "flask_chest.index"
 #: Present on an info-style point (value 1) that carries a non-numeric value.
 ATTR_STRING_VALUE = "flask_chest.value"
 #: The request's time, set only where the pipeline cannot put it in the point's

@@ -48,16 +48,18 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 
-# (sink, instrument name, value, attributes, time_unix_nano)
-_Record = tuple["Sink", str, float, Attributes, int]
+#: (sink, instrument name, value, attributes, time_unix_nano)
+Record = tuple["Sink", str, int | float, Attributes, int]
 
 
 class ChestGauge(Gauge):
     """A synchronous OTel Gauge whose every ``set`` is kept, with its time."""
 
     def __init__(self, sink: Sink, name: str, unit: str = "", description: str = "") -> None:
-        super().__init__(name, unit=unit, description=description)
+        # The API's Instrument.__init__ is abstract; keep its attributes here.
         self.name = name
+        self.unit = unit
+        self.description = description
         self._sink = sink
         self._recorder = sink.recorder
 
@@ -69,9 +71,6 @@ class ChestGauge(Gauge):
     ) -> None:
         self._recorder.record(self._sink, self.name, amount, attributes, time.time_ns())
 
-    def record_at(self, amount: float, attributes: Attributes, time_unix_nano: int) -> None:
-        """``set`` with the request's time instead of now (the decorator's path)."""
-        self._recorder.record(self._sink, self.name, amount, attributes, time_unix_nano)
 
 
 class Sink(NoOpMeter):
@@ -84,7 +83,7 @@ class Sink(NoOpMeter):
         self.chests = tuple(chests)
         self._gauges: dict[str, ChestGauge] = {}
 
-    def create_gauge(  # type: ignore[override]
+    def create_gauge(
         self, name: str, unit: str = "", description: str = ""
     ) -> ChestGauge:
         gauge = self._gauges.get(name)
@@ -113,7 +112,7 @@ class Recorder:
         self._init_state()
 
     def _init_state(self) -> None:
-        self._pending: deque[_Record] = deque()
+        self._pending: deque[Record] = deque()
         self._wake = threading.Event()
         self._collect_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -129,8 +128,14 @@ class Recorder:
     def record(
         self, sink: Sink, name: str, value: float, attributes: Attributes, time_unix_nano: int
     ) -> None:
+        self.record_many([(sink, name, value, attributes, time_unix_nano)])
+
+    def record_many(self, records: list[Record]) -> None:
+        """Queues the measurements of one request. ``deque.extend`` of a list
+        runs under the GIL in one step, so a collection takes all of them or
+        none."""
         pending = self._pending
-        pending.append((sink, name, value, attributes, time_unix_nano))
+        pending.extend(records)
         if len(pending) >= self.collect_at:
             self._wake.set()
             if len(pending) > self.max_pending:

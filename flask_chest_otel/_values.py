@@ -1,7 +1,8 @@
 """What a ``g`` value becomes: a number, or a string carried as an info point.
 
-Recorded as numbers: int, float, bool (1/0), Decimal, numeric strings
-("12.5", " 3 "), and anything implementing ``__float__`` (numpy scalars).
+Recorded as numbers: int (kept an int within 64 bits, as flask-chest passed
+it on), bool (1/0), float, Decimal, numeric strings ("12.5", " 3 ") and
+anything implementing ``__float__`` (numpy scalars), the last three as floats.
 Every other value, and NaN or an infinity (which line protocol cannot carry),
 is carried as text: an info-style point of value 1 whose attribute
 ``flask_chest.value`` holds ``str(value)`` cut to ``MAX_TEXT`` characters.
@@ -18,12 +19,17 @@ from typing import Any
 MAX_TEXT = 4096
 
 
-def coerce(value: Any) -> float | str | None:
+_INT64 = 2**63
+
+
+def coerce(value: Any) -> int | float | str | None:
     """A number to record, a text to carry, or None to record nothing."""
     if value is None:
         return None
     if isinstance(value, bool):
-        return 1.0 if value else 0.0
+        return int(value)
+    if isinstance(value, int) and -_INT64 <= value < _INT64:
+        return value
     if isinstance(value, (int, float, Decimal)):
         number = _to_float(value)
     elif isinstance(value, str):

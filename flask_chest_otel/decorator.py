@@ -16,8 +16,15 @@ from flask import g, request
 
 from ._chest import Chest
 from ._delivery import LOGGER, RateLimitedLog
-from ._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, ATTR_STRING_VALUE, ATTR_TIME
-from ._recorder import RECORDER, ChestGauge
+from ._names import (
+    ATTR_INDEX,
+    ATTR_METHOD,
+    ATTR_REQUEST_ID,
+    ATTR_ROUTE,
+    ATTR_STRING_VALUE,
+    ATTR_TIME,
+)
+from ._recorder import RECORDER, Record
 from ._values import coerce
 from .meter_provider import FlaskChestMeterProvider
 
@@ -58,15 +65,6 @@ class _Recording:
         exporting = [chest for chest in chests if isinstance(chest, Chest)]
         self.providers = [chest for chest in chests if isinstance(chest, FlaskChestMeterProvider)]
         self.sink = RECORDER.sink(exporting) if exporting else None
-        self._instruments: dict[str, tuple[ChestGauge | None, list[Any]]] = {}
-
-    def _instruments_for(self, name: str) -> tuple[ChestGauge | None, list[Any]]:
-        instruments = self._instruments.get(name)
-        if instruments is None:
-            own = self.sink.create_gauge(name) if self.sink is not None else None
-            sdk = [provider.gauge(name) for provider in self.providers]
-            instruments = self._instruments.setdefault(name, (own, sdk))
-        return instruments
 
     def start(self) -> None:
         """Sets ``g.custom_request_id`` before the view runs."""
@@ -127,23 +125,28 @@ class _Recording:
             attributes[ATTR_ROUTE] = route
         now = time.time_ns()
         values = vars(g)
+        sink = self.sink
+        batch: list[Record] = []
         for name in names:
             if name not in values:
                 continue
             value = coerce(values[name])
             if value is None:
                 continue
-            point_attributes = attributes
+            point_attributes: dict[str, str | int] = {**attributes, ATTR_INDEX: len(batch)}
             if isinstance(value, str):
-                point_attributes = {**attributes, ATTR_STRING_VALUE: value}
-                value = 1.0
-            own, sdk = self._instruments_for(name)
-            if own is not None:
-                own.record_at(value, point_attributes, now)
-            if sdk:
-                timed = {**point_attributes, ATTR_TIME: now}
-                for instrument in sdk:
-                    instrument.set(value, timed)
+                point_attributes[ATTR_STRING_VALUE] = value
+                value = 1
+            if sink is not None:
+                batch.append((sink, name, value, point_attributes, now))
+            if self.providers:
+                del point_attributes[ATTR_INDEX]
+                point_attributes[ATTR_TIME] = now
+                for provider in self.providers:
+                    provider.gauge(name).set(value, point_attributes)
+        if batch:
+            # One append for the whole request: a collection never splits it.
+            RECORDER.record_many(batch)
 
 
 def _route() -> str | None:

@@ -452,7 +452,7 @@ def test_unicode_and_special_variable_names_are_recorded(sqlite_chest: FlaskChes
     @app.route("/")
     @flask_chest(chests=[sqlite_chest], tracked_vars={"GET": ["température", "a b,c=d"]})
     def index() -> str:
-        setattr(g, "température", 21.5)
+        g.température = 21.5
         setattr(g, "a b,c=d", 1)
         return "ok"
 
@@ -474,7 +474,7 @@ def test_each_point_carries_its_requests_time_in_nanoseconds(
     sqlite_chest.force_flush()
     rows = read_rows(sqlite_chest.db_uri, "WHERE name = 'transaction'")
     assert len(rows) == 5
-    for row, (before, after) in zip(rows, windows):
+    for row, (before, after) in zip(rows, windows, strict=True):
         assert before <= row["time_unix_nano"] <= after
         assert row["time"].startswith(time.strftime("%Y-", time.gmtime(before / 1e9)))
     # Both variables of one request share its time.

@@ -1,0 +1,134 @@
+"""How fast the custom HTTP payload writer delivers, per request and batched.
+
+Runs the test suite's loopback HTTP sink in its own process, feeds an
+``HTTPPayloadMetricExporter`` the MetricsData the recorder would hand it for
+N requests of the sample app (``transaction`` and ``response_time``), and
+times export + delivery until the sink has acknowledged every POST.
+
+    python benchmarks/bench_http_writer.py [--requests 5000]
+
+"payloads/s" counts requests whose tuples were delivered per second (in
+per-request mode one POST each; batched, many per POST).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from flask_chest_otel.http_payload import HTTPPayloadMetricExporter, json_payload
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cust_payload_generator(context_tuple_list: list[Any]) -> dict[int, Any]:
+    """The sample usage's generator."""
+    return dict(enumerate(context_tuple_list))
+
+
+def metrics_for(first: int, count: int) -> MetricsData:
+    """What the recorder hands a chest for ``count`` sample-app POSTs."""
+    transaction: list[NumberDataPoint] = []
+    response_time: list[NumberDataPoint] = []
+    now = time.time_ns()
+    for number in range(first, first + count):
+        attributes = {"request_id": f"req-{number}", "http.request.method": "POST",
+                      "http.route": "/"}  # fmt: skip
+        transaction.append(NumberDataPoint(attributes, 0, now + number, 1.0))
+        response_time.append(NumberDataPoint(attributes, 0, now + number, 0.000123))
+    metrics = [
+        Metric("transaction", "", "", Gauge(transaction)),
+        Metric("response_time", "", "", Gauge(response_time)),
+    ]
+    scope = InstrumentationScope("flask_chest_otel", "0.1.0")
+    return MetricsData([ResourceMetrics(Resource({}), [ScopeMetrics(scope, metrics, "")], "")])
+
+
+def sink_count(url: str) -> dict[str, int]:
+    with urllib.request.urlopen(url + "/__count", timeout=5) as response:
+        counts: dict[str, int] = json.load(response)
+        return counts
+
+
+def run(
+    url: str, requests: int, per_export: int, per_request: bool, generator: Any
+) -> dict[str, Any]:
+    exporter = HTTPPayloadMetricExporter(
+        url=url + "/ingest", payload_generator=generator, per_request=per_request, name="bench"
+    )
+    exports = [metrics_for(first, per_export) for first in range(0, requests, per_export)]
+    before = sink_count(url)
+    start = time.perf_counter()
+    for data in exports:
+        exporter.export(data)
+    encoded = time.perf_counter() - start
+    if not exporter.force_flush(timeout_millis=120_000):
+        raise SystemExit("bench: delivery did not finish in 120 s")
+    elapsed = time.perf_counter() - start
+    exporter.shutdown()
+    after = sink_count(url)
+    posts = after["posts"] - before["posts"]
+    assert exporter.stats.dropped == 0, exporter.stats
+    return {
+        "posts": posts,
+        "kib": (after["bytes"] - before["bytes"]) / 1024,
+        "seconds": elapsed,
+        "encode_us": encoded / requests * 1e6,
+        "posts_s": posts / elapsed,
+        "payloads_s": requests / elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=5000)
+    args = parser.parse_args()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "http_sink.py")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        cases = [
+            ("per request, sample generator", 100, True, cust_payload_generator),
+            ("per request, json_payload", 100, True, json_payload),
+            ("batched, 100 requests/export", 100, False, cust_payload_generator),
+            ("batched, 1000 requests/export", 1000, False, json_payload),
+        ]
+        print(f"{args.requests} requests (2 variables each) to {url}, one keep-alive session\n")
+        header = (
+            f"{'mode':32} {'POSTs':>6} {'KiB':>7} {'s':>6} {'encode us/req':>13} "
+            f"{'POSTs/s':>8} {'payloads/s':>10}"
+        )
+        print(header)
+        print("-" * len(header))
+        for label, per_export, per_request, generator in cases:
+            r = run(url, args.requests, per_export, per_request, generator)
+            print(
+                f"{label:32} {r['posts']:>6} {r['kib']:>7.0f} {r['seconds']:>6.2f} "
+                f"{r['encode_us']:>13.1f} {r['posts_s']:>8.0f} {r['payloads_s']:>10.0f}"
+            )
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""``python -m flask_chest_otel demo``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

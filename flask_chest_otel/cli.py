@@ -1,0 +1,202 @@
+"""The ``flask-chest-otel`` command. ``demo`` runs flask-chest's sample app
+in-process, sends it requests, and prints the SLIs read back from the store."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+from flask import Flask, g, request
+
+from ._chest import Chest
+from .decorator import flask_chest
+from .sqlite import FlaskChestSQLite
+
+ROUTES = ("/", "/api-endpoint")
+TRACKED_VARS = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
+
+
+def custom_request_id_generator() -> str:
+    """The sample usage's generator: the current date and time."""
+    return datetime.now().strftime("%Y%m%d%H%M%S%f")
+
+
+def build_sample_app(chests: Sequence[Any], work_seconds: float = 0.002) -> Flask:
+    """The sample usage's app: two routes, GET and POST, tracking
+    ``g.transaction`` and (for POST) ``g.response_time``."""
+    app = Flask("flask_chest_otel_demo")
+
+    def index() -> str:
+        g.start = time.time()
+        if request.method == "POST":
+            time.sleep(random.uniform(0, work_seconds))  # the POST handler's "work"
+            g.transaction = 1
+            g.response_time = time.time() - g.start
+            return "Hello, World!"
+        g.transaction = 1
+        g.response_time = time.time() - g.start
+        return "Hello, World!"
+
+    for number, route in enumerate(ROUTES):
+        view = flask_chest(
+            chests=list(chests),
+            tracked_vars=TRACKED_VARS,
+            request_id_generator=custom_request_id_generator,
+        )(index)
+        app.add_url_rule(route, f"index{number}", view, methods=["GET", "POST"])
+    return app
+
+
+def _progress(done: int, total: int, out: TextIO) -> None:
+    width = 30
+    filled = width * done // total
+    out.write(f"\r  sending  [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done == total:
+        out.write("\n")
+    out.flush()
+
+
+def _extra_chests(args: argparse.Namespace) -> list[Chest]:
+    chests: list[Chest] = []
+    if args.influxdb_url:
+        from .influxdb import FlaskChestInfluxDB
+
+        chests.append(
+            FlaskChestInfluxDB(
+                name="InfluxDB",
+                url=args.influxdb_url,
+                token=args.influxdb_token,
+                org=args.influxdb_org,
+                bucket=args.influxdb_bucket,
+                custom_tags={"app": "flask-chest-otel-demo"},
+            )
+        )
+    if args.http_url:
+        from .http_payload import FlaskChestCustomWriter
+
+        def cust_payload_generator(context_tuple_list: list[tuple[str, Any, str]]) -> Any:
+            return {index: list(item) for index, item in enumerate(context_tuple_list)}
+
+        chests.append(
+            FlaskChestCustomWriter(
+                name="HTTP", url=args.http_url, payload_generator=cust_payload_generator
+            )
+        )
+    return chests
+
+
+def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Runs the demo; returns the process exit status (0 when every request landed)."""
+    out = out or sys.stdout
+    sqlite_chest = FlaskChestSQLite(db_uri=args.db, name="SQLite", export_interval=1.0)
+    chests: list[Chest] = [sqlite_chest, *_extra_chests(args)]
+    app = build_sample_app(chests)
+    client = app.test_client()
+    rng = random.Random(args.seed)
+    start_ns = time.time_ns()
+    sent: dict[tuple[str, str], int] = {}
+    out.write(
+        f"\nflask_chest_otel demo: flask-chest's sample app, {args.requests} requests, "
+        f"chests: {', '.join(chest.name for chest in chests)}\n\n"
+    )
+    show_progress = out.isatty() or args.progress
+    for number in range(1, args.requests + 1):
+        route, method = rng.choice(ROUTES), rng.choice(("GET", "POST"))
+        response = client.open(route, method=method)
+        if response.status_code != 200:
+            out.write(f"\n  {method} {route} answered {response.status_code}\n")
+            return 1
+        sent[route, method] = sent.get((route, method), 0) + 1
+        if show_progress and (number % max(1, args.requests // 60) == 0 or number == args.requests):
+            _progress(number, args.requests, out)
+    flushed = all(chest.force_flush(timeout_millis=30_000) for chest in chests)
+    for chest in chests:
+        chest.shutdown()
+    return _report(args.db, start_ns, sent, flushed, out)
+
+
+def _report(
+    db: str, start_ns: int, sent: dict[tuple[str, str], int], flushed: bool, out: TextIO
+) -> int:
+    connection = sqlite3.connect(db)
+    try:
+        stored = {
+            (route, method): (requests, transactions, average)
+            for route, method, requests, transactions, average in connection.execute(
+                "SELECT route, method, count(DISTINCT request_id),"
+                " sum(CASE WHEN name = 'transaction' THEN value END),"
+                " avg(CASE WHEN name = 'response_time' THEN value END)"
+                " FROM flask_chest WHERE time_unix_nano >= ? GROUP BY route, method",
+                (start_ns,),
+            )
+        }
+        total_ids, total_transactions, post_average = connection.execute(
+            "SELECT count(DISTINCT request_id),"
+            " sum(CASE WHEN name = 'transaction' THEN value END),"
+            " avg(CASE WHEN name = 'response_time' AND method = 'POST' THEN value END)"
+            " FROM flask_chest WHERE time_unix_nano >= ?",
+            (start_ns,),
+        ).fetchone()
+    finally:
+        connection.close()
+
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
+
+    out.write(f"\n  SLIs read back from {db}\n\n")
+    out.write(f"  {'route':<15} {'method':<7} {'sent':>6} {'stored':>7} {'transactions':>13}"
+              f" {'avg response time':>18}\n")
+    out.write("  " + "-" * 70 + "\n")
+    for route, method in sorted(sent):
+        requests, transactions, average = stored.get((route, method), (0, 0, None))
+        out.write(
+            f"  {route:<15} {method:<7} {sent[route, method]:>6} {requests:>7}"
+            f" {int(transactions or 0):>13} {ms(average if method == 'POST' else None):>18}\n"
+        )
+    out.write("  " + "-" * 70 + "\n")
+    total_sent = sum(sent.values())
+    out.write(
+        f"  {'total':<15} {'':<7} {total_sent:>6} {total_ids:>7} {int(total_transactions or 0):>13}"
+        f" {ms(post_average) + ' (POST)':>18}\n\n"
+    )
+    if flushed and total_ids == total_sent and int(total_transactions or 0) == total_sent:
+        out.write(
+            f"  OK: every request landed ({total_sent} sent, {total_ids} request IDs stored)\n"
+        )
+        out.write(f'  Look inside: sqlite3 {db} "SELECT * FROM flask_chest LIMIT 5"\n\n')
+        return 0
+    out.write(f"  MISMATCH: {total_sent} requests sent, {total_ids} request IDs stored\n\n")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flask-chest-otel", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("demo", help="run flask-chest's sample app and print its SLIs")
+    run.add_argument("-n", "--requests", type=int, default=500, help="requests to send (500)")
+    run.add_argument("--db", default="flask_chest_demo.sqlite3", help="SQLite file to write")
+    run.add_argument("--seed", type=int, default=None, help="seed of the request mix")
+    run.add_argument("--progress", action="store_true", help="show progress even when piped")
+    env = os.environ.get
+    run.add_argument("--influxdb-url", default=env("INFLUXDB_V2_URL"),
+                     help="also write to InfluxDB 2.x at this URL (env INFLUXDB_V2_URL)")
+    run.add_argument("--influxdb-token", default=env("INFLUXDB_V2_TOKEN"))
+    run.add_argument("--influxdb-org", default=env("INFLUXDB_V2_ORG", "my-org"))
+    run.add_argument("--influxdb-bucket", default=env("INFLUXDB_V2_BUCKET", "my-bucket"))
+    run.add_argument("--http-url", default=env("FLASK_CHEST_DEMO_HTTP_URL"),
+                     help="also POST payloads to this URL (env FLASK_CHEST_DEMO_HTTP_URL)")
+    args = parser.parse_args(argv)
+    if args.requests < 1:
+        parser.error("--requests must be at least 1")
+    return demo(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
