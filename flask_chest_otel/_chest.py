@@ -39,7 +39,9 @@ class Chest:
         logger: logging.Logger | None = None,
     ) -> None:
         if not export_interval > 0:
-            raise ValueError(f"{name}: export_interval must be > 0 seconds, got {export_interval!r}")
+            raise ValueError(
+                f"{name}: export_interval must be > 0 seconds, got {export_interval!r}"
+            )
         self.name = name
         self.logger = logger or LOGGER
         self.export_interval = float(export_interval)

@@ -425,7 +425,9 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             else:
                 attempt += 1
                 self.stats.retried += len(batch)
-                delay = backoff_delay(attempt, self.retry_initial, self.retry_max, outcome.retry_after)
+                delay = backoff_delay(
+                    attempt, self.retry_initial, self.retry_max, outcome.retry_after
+                )
                 self._log.log(
                     logging.WARNING,
                     "retry",

@@ -112,7 +112,9 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
         try:
             self._connect()
         except sqlite3.Error as exc:
-            self.logger.warning("%s: cannot open %s yet (%s); will retry", self.name, self.db_uri, exc)
+            self.logger.warning(
+                "%s: cannot open %s yet (%s); will retry", self.name, self.db_uri, exc
+            )
         finally:
             self._close()
 

@@ -17,7 +17,9 @@ from flask_chest_otel._chest import Chest
 SAMPLE_TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 
 
-def read_rows(db_path: Path | str, where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+def read_rows(
+    db_path: Path | str, where: str = "", params: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
     """Every row of the chest table, as dicts."""
     connection = sqlite3.connect(db_path)
     connection.row_factory = sqlite3.Row
