@@ -8,6 +8,7 @@ from ._delivery import BufferedExporter, DeliveryStats
 from ._recorder import VERSION as __version__
 from .decorator import flask_chest
 from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
+from ._self_metrics import register_self_metrics
 from .meter_provider import FlaskChestMeterProvider
 from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
 
@@ -22,4 +23,5 @@ __all__ = [
     "SQLiteMetricExporter",
     "__version__",
     "flask_chest",
+    "register_self_metrics",
 ]
