@@ -6,9 +6,9 @@ from __future__ import annotations
 from ._chest import Chest
 from ._delivery import BufferedExporter, DeliveryStats
 from ._recorder import VERSION as __version__
+from ._self_metrics import register_self_metrics
 from .decorator import flask_chest
 from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
-from ._self_metrics import register_self_metrics
 from .meter_provider import FlaskChestMeterProvider
 from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
 
