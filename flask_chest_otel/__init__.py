@@ -9,6 +9,7 @@ from ._recorder import VERSION as __version__
 from ._self_metrics import register_self_metrics
 from .decorator import flask_chest
 from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
+from .influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
 from .meter_provider import FlaskChestMeterProvider
 from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
 
@@ -17,7 +18,9 @@ __all__ = [
     "Chest",
     "DeliveryStats",
     "HTTPPayloadMetricExporter",
+    "InfluxDBMetricExporter",
     "FlaskChestCustomWriter",
+    "FlaskChestInfluxDB",
     "FlaskChestMeterProvider",
     "FlaskChestSQLite",
     "SQLiteMetricExporter",

@@ -1,0 +1,517 @@
+"""The InfluxDB exporter and chest against real VictoriaMetrics, real
+InfluxDB 1.6 and a strict InfluxDB 2.x write-API test double."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import g
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+from flask_chest_otel._delivery import Status
+from flask_chest_otel._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SCOPE_NAME
+from flask_chest_otel.influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
+
+from .conftest import sample_app
+from .servers import (
+    InfluxDB1,
+    InfluxDB2WriteDouble,
+    Scripted,
+    VictoriaMetrics,
+    influxdb1,
+    victoria_metrics,
+)
+
+TOKEN = "s3cr3t-token-value"
+T = 1_700_000_000_123_456_789
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    with victoria_metrics(tmp_path_factory.mktemp("vm")) as server:
+        yield server
+
+
+@pytest.fixture
+def double() -> Iterator[InfluxDB2WriteDouble]:
+    with InfluxDB2WriteDouble(token=TOKEN, org="my-org", bucket="my-bucket") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    with influxdb1(tmp_path_factory.mktemp("influxd"), auth=("admin", "pw")) as server:
+        server.create_database("chest")
+        yield server
+
+
+@pytest.fixture
+def exporters() -> Iterator[list[InfluxDBMetricExporter]]:
+    made: list[InfluxDBMetricExporter] = []
+    yield made
+    for exporter in made:
+        exporter.shutdown(timeout_millis=2_000)
+
+
+def make(exporters: list[InfluxDBMetricExporter], **options: Any) -> InfluxDBMetricExporter:
+    options.setdefault("retry_initial", 0.05)
+    exporter = InfluxDBMetricExporter(**options)
+    exporters.append(exporter)
+    return exporter
+
+
+def decorated_data(points: list[tuple[str, str, float, int]]) -> MetricsData:
+    """(variable, request id, value, time) as the recorder hands them over."""
+    by_name: dict[str, list[NumberDataPoint]] = {}
+    for name, request_id, value, time_ns in points:
+        attributes = {ATTR_REQUEST_ID: request_id, ATTR_METHOD: "POST", ATTR_ROUTE: "/"}
+        by_name.setdefault(name, []).append(NumberDataPoint(attributes, 0, time_ns, value))
+    metrics = [Metric(name, "", "", Gauge(pts)) for name, pts in by_name.items()]
+    scope = InstrumentationScope(SCOPE_NAME, "0.1.0")
+    return MetricsData([ResourceMetrics(Resource.create(), [ScopeMetrics(scope, metrics, "")], "")])
+
+
+def app_data() -> MetricsData:
+    """Some other OTel metrics of an application: a counter and a histogram."""
+    scope = InstrumentationScope("shop", "1.2")
+    counter = Metric(
+        "orders",
+        "",
+        "",
+        Sum(
+            [NumberDataPoint({"kind": "book"}, T - 10**9, T, 7)],
+            AggregationTemporality.CUMULATIVE,
+            True,
+        ),
+    )
+    histogram = Metric(
+        "latency",
+        "",
+        "s",
+        Histogram(
+            [
+                HistogramDataPoint(
+                    {"route": "/x"}, T - 10**9, T, 4, 1.5, [1, 2, 1], [0.1, 1.0], 0.05, 0.9
+                )
+            ],
+            AggregationTemporality.DELTA,
+        ),
+    )
+    resource = Resource({"service.name": "shop"})
+    return MetricsData(
+        [ResourceMetrics(resource, [ScopeMetrics(scope, [counter, histogram], "")], "")]
+    )
+
+
+def by_labels(series: list[dict[str, Any]]) -> dict[tuple[tuple[str, str], ...], dict[str, Any]]:
+    return {tuple(sorted(s["metric"].items())): s for s in series}
+
+
+# -- VictoriaMetrics: a real InfluxDB v2 write API ----------------------------------
+
+
+def test_decorated_points_reach_victoria_metrics_with_tags_values_and_times(
+    vm: VictoriaMetrics, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    """Each decorated point arrives as measurement_value with request_id,
+    method, route and the custom tags, its value and its own time."""
+    exporter = make(
+        exporters, url=vm.url, token=TOKEN, org="o", bucket="b", custom_tags={"app": "vm-test"}
+    )
+    points = [("vm_rt", f"req-{i}", i * 0.25, T + i * 1_000_000) for i in range(50)]
+    assert exporter.export(decorated_data(points)).name == "SUCCESS"
+    assert exporter.force_flush(10_000)
+    series = by_labels(vm.export('{__name__="vm_rt_value"}'))
+    assert len(series) == 50
+    for _, request_id, value, time_ns in points:
+        key = (
+            ("__name__", "vm_rt_value"),
+            ("app", "vm-test"),
+            ("method", "POST"),
+            ("request_id", request_id),
+            ("route", "/"),
+        )
+        assert series[key]["values"] == [value]
+        assert series[key]["timestamps"] == [time_ns // 1_000_000]
+    assert exporter.stats.exported == 50 and exporter.stats.dropped == 0
+
+
+def test_other_metrics_follow_telegraf_prometheus_v1_in_victoria_metrics(
+    vm: VictoriaMetrics, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    """A cumulative counter becomes field counter, a histogram count/sum/min/max
+    and cumulative buckets, tagged with resource and scope."""
+    exporter = make(exporters, url=vm.url, bucket="b", custom_tags={"app": "vm-test"})
+    exporter.export(app_data())
+    assert exporter.force_flush(10_000)
+    [orders] = vm.export('{__name__="orders_counter"}')
+    assert orders["metric"] == {
+        "__name__": "orders_counter",
+        "app": "vm-test",
+        "kind": "book",
+        "otel.library.name": "shop",
+        "otel.library.version": "1.2",
+        "service.name": "shop",
+    }
+    assert orders["values"] == [7] and orders["timestamps"] == [T // 1_000_000]
+    fields = {s["metric"]["__name__"]: s["values"] for s in vm.export('{__name__=~"latency_.*"}')}
+    assert fields == {
+        "latency_count": [4],
+        "latency_sum": [1.5],
+        "latency_min": [0.05],
+        "latency_max": [0.9],
+        "latency_0.1": [1],
+        "latency_1": [3],
+        "latency_+Inf": [4],
+        "latency_start_time_unix_nano": [pytest.approx(T - 10**9, rel=1e-15)],  # VM keeps float64
+    }
+
+
+def test_chest_from_the_sample_usage_exports_every_request_with_flask_instrumentation(
+    vm: VictoriaMetrics,
+) -> None:
+    """End to end: the sample app with FlaskChestInfluxDB on VictoriaMetrics and
+    opentelemetry-instrumentation-flask in a MeterProvider read by the chest:
+    every request's points, tags, values and times arrive, beside the
+    instrumentation's own metrics."""
+    counter = itertools.count()
+    chest = FlaskChestInfluxDB(
+        name="InfluxDB",
+        url=vm.url,
+        token=TOKEN,
+        org="my-org",
+        bucket="my-bucket",
+        custom_tags={"app": "e2e"},
+        logger=logging.getLogger("e2e"),
+        export_interval=0.2,
+    )
+    provider = MeterProvider(metric_readers=[chest.metric_reader()])
+    app = sample_app([chest], request_id_generator=lambda: f"e2e-{next(counter)}")
+    FlaskInstrumentor().instrument_app(app, meter_provider=provider)
+    expected: dict[tuple[str, str], tuple[float, int, int, str]] = {}
+    try:
+        with app.test_client() as client:
+            for i in range(30):
+                method = "POST" if i % 2 else "GET"
+                before = time.time_ns()
+                response = client.open("/", method=method)
+                after = time.time_ns()
+                assert response.status_code == 200
+                request_id = g.custom_request_id
+                expected[("transaction", request_id)] = (1.0, before, after, method)
+                if method == "POST":
+                    expected[("response_time", request_id)] = (
+                        g.response_time,
+                        before,
+                        after,
+                        method,
+                    )
+        provider.force_flush()
+        assert chest.force_flush(10_000)
+        found = vm.export('{__name__=~"(transaction|response_time)_value", app="e2e"}')
+        assert len(found) == len(expected) == 45
+        for series in found:
+            labels = series["metric"]
+            name = labels["__name__"].removesuffix("_value")
+            value, before, after, method = expected[(name, labels["request_id"])]
+            assert labels == {
+                "__name__": f"{name}_value",
+                "app": "e2e",
+                "method": method,
+                "route": "/",
+                "request_id": labels["request_id"],
+            }
+            assert series["values"] == [pytest.approx(value, rel=1e-11)]  # VM keeps 12 digits
+            [stamp] = series["timestamps"]
+            assert before // 1_000_000 <= stamp <= after // 1_000_000
+        # The instrumentation's histogram went through the same chest (DELTA:
+        # the per-interval counts add up to the requests made).
+        durations = vm.export('{__name__="http.server.duration_count", app="e2e"}')
+        assert sum(sum(series["values"]) for series in durations) == 30
+    finally:
+        FlaskInstrumentor().uninstrument_app(app)
+        provider.shutdown()
+        chest.shutdown(timeout_millis=5_000)
+
+
+# -- status codes: the InfluxDB 2.x write-API test double ---------------------------
+
+LINE = b"m,request_id=r1 value=1 1700000000000000000"
+
+
+def test_lines_are_posted_gzipped_with_token_org_bucket_and_ns_precision(
+    double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
+    assert exporter._send([LINE, LINE.replace(b"r1", b"r2")]).status is Status.DELIVERED
+    [request] = double.requests
+    assert request.path == "/api/v2/write"
+    assert request.query == {"org": "my-org", "bucket": "my-bucket", "precision": "ns"}
+    assert request.headers["Authorization"] == f"Token {TOKEN}"
+    assert request.headers["Content-Encoding"] == "gzip"
+    assert request.body == LINE + b"\n" + LINE.replace(b"r1", b"r2")
+
+
+def test_wrong_token_is_rejected_with_an_actionable_message_without_the_token(
+    double: InfluxDB2WriteDouble,
+    exporters: list[InfluxDBMetricExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = make(
+        exporters, url=double.url, token="wrong-" + TOKEN, org="my-org", bucket="my-bucket"
+    )
+    outcome = exporter._send([LINE])
+    assert outcome.status is Status.REJECTED
+    assert "401" in outcome.message and "token" in outcome.message
+    with caplog.at_level(logging.DEBUG):
+        exporter.export(decorated_data([("m", "r", 1.0, T)]))
+        exporter.force_flush(5_000)
+    assert exporter.stats.dropped_rejected == 1
+    assert "401" in caplog.text
+    for text in (caplog.text, outcome.message, repr(exporter)):
+        assert TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    ("org", "bucket", "named"),
+    [("my-org", "nope", "'nope'"), ("other-org", "my-bucket", "'other-org'")],
+)
+def test_missing_org_or_bucket_is_rejected_naming_both(
+    double: InfluxDB2WriteDouble,
+    exporters: list[InfluxDBMetricExporter],
+    org: str,
+    bucket: str,
+    named: str,
+) -> None:
+    outcome = make(exporters, url=double.url, token=TOKEN, org=org, bucket=bucket)._send([LINE])
+    assert outcome.status is Status.REJECTED
+    assert "404" in outcome.message and named in outcome.message
+    assert f"org {org!r}" in outcome.message and f"bucket {bucket!r}" in outcome.message
+
+
+def test_malformed_line_is_rejected_quoting_the_line(
+    double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
+    outcome = exporter._send([LINE, b"broken line here"])
+    assert outcome.status is Status.REJECTED
+    assert "400" in outcome.message and "broken line here" in outcome.message
+
+
+def test_field_type_conflict_422_is_rejected_counting_the_delivered_points(
+    double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
+    assert exporter._send([LINE]).status is Status.DELIVERED
+    outcome = exporter._send([b'm value="text" 2', b"m2 value=1 2"])
+    assert outcome.status is Status.REJECTED
+    assert "422" in outcome.message and "field type conflict" in outcome.message
+    assert outcome.delivered == 1
+
+
+def test_413_splits_the_batch_until_it_fits(
+    exporters: list[InfluxDBMetricExporter],
+) -> None:
+    with InfluxDB2WriteDouble(token=TOKEN, max_body_bytes=200) as double:
+        exporter = make(
+            exporters,
+            url=double.url,
+            token=TOKEN,
+            org="my-org",
+            bucket="my-bucket",
+            enable_gzip=False,
+        )
+        points = [("m", f"req-{i:03}", float(i), T + i) for i in range(20)]
+        exporter.export(decorated_data(points))
+        assert exporter.force_flush(10_000)
+        assert exporter.stats.exported == 20 and exporter.stats.dropped == 0
+        assert len(double.points) == 20
+        assert any(r.body and len(r.body) > 200 for r in double.requests)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "retry_after"),
+    [
+        (429, {"Retry-After": "0.3"}, 0.3),
+        (503, {"Retry-After": "1"}, 1.0),
+        (503, {}, None),
+        (500, {}, None),
+    ],
+)
+def test_429_and_5xx_are_retried_honouring_retry_after(
+    double: InfluxDB2WriteDouble,
+    exporters: list[InfluxDBMetricExporter],
+    status: int,
+    headers: dict[str, str],
+    retry_after: float | None,
+) -> None:
+    exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
+    double.script.append(Scripted(status, {"code": "x", "message": "busy"}, headers))
+    outcome = exporter._send([LINE])
+    assert outcome.status is Status.RETRY and outcome.retry_after == retry_after
+    double.script.append(Scripted(status, {"code": "x", "message": "busy"}, headers))
+    exporter.export(decorated_data([("m", "r", 1.0, T)]))
+    started = time.monotonic()
+    assert exporter.force_flush(10_000)
+    assert time.monotonic() - started >= (retry_after or 0)
+    assert exporter.stats.retried == 1 and exporter.stats.exported == 1
+    assert len(double.points) == 1
+
+
+def test_redirect_is_never_counted_as_delivered(
+    double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
+    double.script.append(Scripted(302, None, {"Location": "https://login.example/"}))
+    outcome = exporter._send([LINE])
+    assert outcome.status is Status.REJECTED and "login.example" in outcome.message
+
+
+def test_unreachable_server_is_retried_and_data_kept(
+    exporters: list[InfluxDBMetricExporter],
+) -> None:
+    from .servers import free_port
+
+    exporter = make(
+        exporters,
+        url=f"http://127.0.0.1:{free_port()}",
+        token=TOKEN,
+        org="o",
+        bucket="b",
+        timeout=1.0,
+    )
+    outcome = exporter._send([LINE])
+    assert outcome.status is Status.RETRY and "cannot reach" in outcome.message
+    assert TOKEN not in outcome.message
+
+
+# -- InfluxDB 1.6: the real server, 1.x API -------------------------------------------
+
+
+def test_v1_mode_writes_to_real_influxdb_with_basic_auth(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(
+        exporters,
+        url=influxd.url,
+        database="chest",
+        username="admin",
+        password="pw",
+        custom_tags={"app": "v1"},
+    )
+    points = [("v1_rt", f"req-{i}", i + 0.5, T + i) for i in range(10)]
+    exporter.export(decorated_data(points))
+    assert exporter.force_flush(10_000) and exporter.stats.exported == 10
+    result = influxd.query("SELECT * FROM v1_rt", "chest")
+    [series] = result["results"][0]["series"]
+    rows = [dict(zip(series["columns"], values, strict=True)) for values in series["values"]]
+    assert rows == [
+        {
+            "time": T + i,
+            "app": "v1",
+            "method": "POST",
+            "request_id": f"req-{i}",
+            "route": "/",
+            "value": i + 0.5,
+        }
+        for i in range(10)
+    ]
+
+
+def test_v1_field_type_conflict_is_rejected(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(exporters, url=influxd.url, database="chest", username="admin", password="pw")
+    assert exporter._send([b"conflict value=1 1"]).status is Status.DELIVERED
+    outcome = exporter._send([b'conflict value="s" 2'])
+    assert outcome.status is Status.REJECTED and "field type conflict" in outcome.message
+
+
+def test_v1_wrong_password_and_missing_database_are_rejected(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    bad = make(exporters, url=influxd.url, database="chest", username="admin", password="no")
+    outcome = bad._send([LINE])
+    assert outcome.status is Status.REJECTED and "401" in outcome.message
+    missing = make(exporters, url=influxd.url, database="nodb", username="admin", password="pw")
+    outcome = missing._send([LINE])
+    assert outcome.status is Status.REJECTED and "'nodb'" in outcome.message
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8086", "ftp://host", "http://", "http://h:port", "http://h:8086?x=1"]
+)
+def test_malformed_url_fails_at_construction_naming_it(url: str) -> None:
+    with pytest.raises(ValueError, match="url"):
+        InfluxDBMetricExporter(url=url, token=TOKEN, org="o", bucket="b")
+
+
+def test_settings_fall_back_to_influxdb_v2_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    monkeypatch.setenv("INFLUXDB_V2_URL", "http://127.0.0.1:9999/")
+    monkeypatch.setenv("INFLUXDB_V2_TOKEN", TOKEN)
+    monkeypatch.setenv("INFLUXDB_V2_ORG", "env-org")
+    monkeypatch.setenv("INFLUXDB_V2_BUCKET", "env-bucket")
+    exporter = make(exporters)
+    assert (exporter.url, exporter.org, exporter.bucket) == (
+        "http://127.0.0.1:9999",
+        "env-org",
+        "env-bucket",
+    )
+    assert TOKEN not in repr(exporter)
+
+
+def test_missing_bucket_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INFLUXDB_V2_BUCKET", raising=False)
+    with pytest.raises(ValueError, match="bucket"):
+        InfluxDBMetricExporter(url="http://localhost:8086", token=TOKEN, org="o")
+
+
+def test_chest_repr_names_destination_not_token() -> None:
+    chest = FlaskChestInfluxDB(
+        name="Influx", url="http://localhost:8086", token=TOKEN, org="o", bucket="b"
+    )
+    try:
+        assert "'b'" in repr(chest) and TOKEN not in repr(chest)
+    finally:
+        chest.shutdown(timeout_millis=100)
+
+
+def test_telegraf_prometheus_v2_schema_is_available(
+    double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    exporter = make(
+        exporters,
+        url=double.url,
+        token=TOKEN,
+        org="my-org",
+        bucket="my-bucket",
+        schema="telegraf-prometheus-v2",
+    )
+    lines = [line.decode() for line in exporter._encode(app_data())]
+    assert any(line.startswith("prometheus,") and " orders=7," in line for line in lines)
+    assert any(",le=+Inf," in line and "latency_bucket=4" in line for line in lines)
