@@ -24,16 +24,12 @@ a plain tuple and serialises to a JSON list) that also carries
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from opentelemetry.sdk.metrics.export import (
@@ -48,6 +44,7 @@ from opentelemetry.sdk.metrics.export import (
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._http import check_url, parse_retry_after, safe_url
 from ._names import (
     ATTR_INDEX,
     ATTR_METHOD,
@@ -167,54 +164,6 @@ def _rfc3339(time_unix_nano: int) -> str:
     return f"{stamp}.{nanos // 1000:06d}Z"
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an
-    HTTP date (a past date gives 0). None when absent or unreadable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
-
-
-def _check_url(url: object, name: str) -> str:
-    if not isinstance(url, str) or not url:
-        raise ValueError(f"{name}: url must be an http(s) URL string, got {url!r}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"{name}: malformed url {url!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{name}: url must be an http:// or https:// URL with a host, got {url!r}")
-    del port
-    return url
-
-
-def _safe_url(url: str) -> str:
-    """The URL without user info or query, fit for a log line."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class HTTPPayloadMetricExporter(BufferedExporter[Payload]):
     """A MetricExporter that POSTs user-generated payloads to a URL.
 
@@ -265,8 +214,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Payload]):
         max_buffer_items: int = 200_000,
         max_buffer_bytes: int = 100_000_000,
     ) -> None:
-        self.url = _check_url(url, name or type(self).__name__)
-        name = name or _safe_url(self.url)
+        self.url = check_url(url, name or type(self).__name__)
+        name = name or safe_url(self.url)
         if not callable(payload_generator):
             raise TypeError(
                 f"{name}: payload_generator must be callable, got {payload_generator!r}"
@@ -299,7 +248,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Payload]):
         self.verify = verify
         self.request_timeout = timeout
         self.success_status_codes = frozenset(codes)
-        self._safe_url = _safe_url(self.url)
+        self._safe_url = safe_url(self.url)
         user_headers = dict(headers or {})
         self._raw_headers = {"User-Agent": f"flask_chest_otel/{VERSION}", **user_headers}
         self._json_headers = dict(self._raw_headers)

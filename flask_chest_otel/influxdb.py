@@ -11,13 +11,11 @@ under this library's own buffer, retries and sender thread (see
 from __future__ import annotations
 
 import base64
-import email.utils
 import gzip
 import json
 import logging
 import os
 import re
-import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -31,6 +29,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._http import check_url, parse_retry_after, safe_url
 from ._line_protocol import LineEncoder, to_bytes
 from ._schema import SCHEMAS, Schema, other_rows, scopes
 
@@ -58,45 +57,15 @@ def _env(value: str | None, variable: str) -> str | None:
 
 
 def _check_url(url: str) -> str:
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as error:
-        raise ValueError(f"InfluxDB url {url!r} is not a valid URL: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"InfluxDB url {url!r} is not a valid URL: expected http(s)://host[:port][/path]"
-        )
-    if parts.query or parts.fragment:
+    check_url(url, "InfluxDB")
+    if urllib.parse.urlsplit(url).query or urllib.parse.urlsplit(url).fragment:
         raise ValueError(f"InfluxDB url {url!r} must not carry a query or fragment")
     return url.rstrip("/")
 
 
 def _shown(url: str) -> str:
     """The URL without any user:password part, for messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
+    return safe_url(url, keep_query=True)
 
 
 def _server_message(body: Any) -> str:
