@@ -27,6 +27,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from opentelemetry.sdk.metrics.export import MetricsData
 
+from . import environment_variables
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._http import check_url, parse_retry_after, safe_url
@@ -35,15 +36,15 @@ from ._schema import SCHEMAS, Schema, other_rows, scopes
 
 __all__ = ["FlaskChestInfluxDB", "InfluxDBMetricExporter"]
 
-#: Environment variables read when an argument is not given (the names
-#: influxdb-client's ``InfluxDBClient.from_env_properties`` uses, plus the bucket).
-ENV_URL = "INFLUXDB_V2_URL"
-ENV_TOKEN = "INFLUXDB_V2_TOKEN"
-ENV_ORG = "INFLUXDB_V2_ORG"
-ENV_BUCKET = "INFLUXDB_V2_BUCKET"
-ENV_TIMEOUT = "INFLUXDB_V2_TIMEOUT"
-ENV_VERIFY_SSL = "INFLUXDB_V2_VERIFY_SSL"
-ENV_SSL_CA_CERT = "INFLUXDB_V2_SSL_CA_CERT"
+# Environment variables read when an argument is not given (the names
+# influxdb-client's ``InfluxDBClient.from_env_properties`` uses, plus the bucket).
+ENV_URL = environment_variables.INFLUXDB_V2_URL
+ENV_TOKEN = environment_variables.INFLUXDB_V2_TOKEN
+ENV_ORG = environment_variables.INFLUXDB_V2_ORG
+ENV_BUCKET = environment_variables.INFLUXDB_V2_BUCKET
+ENV_TIMEOUT = environment_variables.INFLUXDB_V2_TIMEOUT
+ENV_VERIFY_SSL = environment_variables.INFLUXDB_V2_VERIFY_SSL
+ENV_SSL_CA_CERT = environment_variables.INFLUXDB_V2_SSL_CA_CERT
 
 _DROPPED = re.compile(r"dropped=(\d+)")
 _RETRY_STATUSES = frozenset({408, 429})
@@ -107,6 +108,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         verify_ssl, ssl_ca_cert: TLS verification (``INFLUXDB_V2_VERIFY_SSL``,
             ``INFLUXDB_V2_SSL_CA_CERT``).
         enable_gzip: gzip request bodies (on by default).
+        headers: extra HTTP headers sent with every write (a proxy's, say).
         name, logger, flush_interval, max_batch_items, max_batch_bytes,
         max_buffer_items, max_buffer_bytes, retry_initial, retry_max,
         preferred_temporality: see ``BufferedExporter``.
@@ -133,6 +135,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         verify_ssl: bool | None = None,
         ssl_ca_cert: str | None = None,
         enable_gzip: bool = True,
+        headers: Mapping[str, str] | None = None,
         name: str = "InfluxDB",
         logger: logging.Logger | None = None,
         **delivery: Any,
@@ -169,6 +172,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             "verify_ssl": verify_ssl,
             "ssl_ca_cert": _env(ssl_ca_cert, ENV_SSL_CA_CERT),
         }
+        self._headers = dict(headers or {})
         self._client: InfluxDBClient | None = None
         self._write_api: WriteApi | None = None
 
@@ -246,6 +250,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
                 retries=False,
                 **self._client_options,
             )
+            for header, value in self._headers.items():
+                self._client.api_client.set_default_header(header, value)  # type: ignore[no-untyped-call]
         return self._client
 
     def _v2_write(self, body: bytes) -> None:

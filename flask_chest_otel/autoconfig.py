@@ -1,0 +1,151 @@
+"""Exporters configured from the environment, for OpenTelemetry's
+auto-configuration (``opentelemetry-instrument --metrics_exporter influxdb``,
+or ``OTEL_METRICS_EXPORTER=influxdb`` with the SDK configurator).
+
+The SDK builds an entry point's class with no arguments, so these read their
+settings from the variables of ``flask_chest_otel.environment_variables``
+(the ``OTEL_EXPORTER_INFLUXDB_*`` names, falling back to influxdb-client's
+``INFLUXDB_V2_*``), and fail at start-up with a message naming the variable
+when one is missing or malformed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import environment_variables as names
+from .http_payload import HTTPPayloadMetricExporter, json_payload
+from .influxdb import InfluxDBMetricExporter
+
+__all__ = [
+    "HTTPPayloadEnvMetricExporter",
+    "InfluxDBEnvMetricExporter",
+    "http_payload_settings",
+    "influxdb_settings",
+]
+
+
+def parse_pairs(text: str, variable: str) -> dict[str, str]:
+    """``key1=value1,key2=value2`` (values URL-decoded), as OTLP reads its headers."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(
+                f"${variable}: expected key=value pairs separated by commas, got {item!r}"
+            )
+        pairs[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    return pairs
+
+
+def _milliseconds(text: str, variable: str) -> float:
+    try:
+        milliseconds = float(text)
+    except ValueError:
+        raise ValueError(f"${variable}: expected milliseconds, got {text!r}") from None
+    if not milliseconds > 0:
+        raise ValueError(f"${variable}: must be > 0 milliseconds, got {text!r}")
+    return milliseconds / 1000
+
+
+def _boolean(text: str, variable: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"${variable}: expected true or false, got {text!r}")
+
+
+def influxdb_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``InfluxDBMetricExporter`` from the environment.
+    Settings an OTEL_ variable does not give are left to the exporter, which
+    reads influxdb-client's ``INFLUXDB_V2_*``."""
+    env = os.environ if environ is None else environ
+    settings: dict[str, Any] = {
+        "url": env.get(names.OTEL_EXPORTER_INFLUXDB_ENDPOINT) or None,
+        "token": env.get(names.OTEL_EXPORTER_INFLUXDB_TOKEN) or None,
+        "org": env.get(names.OTEL_EXPORTER_INFLUXDB_ORG) or None,
+        "bucket": env.get(names.OTEL_EXPORTER_INFLUXDB_BUCKET) or None,
+    }
+    timeout = env.get(names.OTEL_EXPORTER_INFLUXDB_TIMEOUT)
+    if timeout:
+        settings["timeout"] = _milliseconds(timeout, names.OTEL_EXPORTER_INFLUXDB_TIMEOUT)
+    headers = env.get(names.OTEL_EXPORTER_INFLUXDB_HEADERS)
+    if headers:
+        settings["headers"] = parse_pairs(headers, names.OTEL_EXPORTER_INFLUXDB_HEADERS)
+    tags = env.get(names.OTEL_EXPORTER_INFLUXDB_CUSTOM_TAGS)
+    if tags:
+        settings["custom_tags"] = parse_pairs(tags, names.OTEL_EXPORTER_INFLUXDB_CUSTOM_TAGS)
+    compression = env.get(names.OTEL_EXPORTER_INFLUXDB_COMPRESSION)
+    if compression:
+        if compression.strip().lower() not in ("gzip", "none"):
+            raise ValueError(
+                f"${names.OTEL_EXPORTER_INFLUXDB_COMPRESSION}: expected gzip or none, "
+                f"got {compression!r}"
+            )
+        settings["enable_gzip"] = compression.strip().lower() == "gzip"
+    return settings
+
+
+def _import_generator(path: str) -> Callable[..., Any]:
+    module_name, separator, attribute = path.partition(":")
+    variable = names.OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR
+    if not separator or not module_name or not attribute:
+        raise ValueError(f"${variable}: expected module:function, got {path!r}")
+    try:
+        generator = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"${variable}: cannot import {path!r}: {exc}") from None
+    if not callable(generator):
+        raise ValueError(f"${variable}: {path!r} is not callable")
+    return generator  # type: ignore[no-any-return]
+
+
+def http_payload_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``HTTPPayloadMetricExporter`` from the environment."""
+    env = os.environ if environ is None else environ
+    url = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT)
+    if not url:
+        raise ValueError(
+            f"${names.OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT} is not set: the HTTP payload "
+            "exporter needs the URL to POST to"
+        )
+    settings: dict[str, Any] = {"url": url, "payload_generator": json_payload}
+    generator = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR)
+    if generator:
+        settings["payload_generator"] = _import_generator(generator)
+    headers = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_HEADERS)
+    if headers:
+        settings["headers"] = parse_pairs(headers, names.OTEL_EXPORTER_HTTP_PAYLOAD_HEADERS)
+    timeout = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_TIMEOUT)
+    if timeout:
+        settings["timeout"] = _milliseconds(timeout, names.OTEL_EXPORTER_HTTP_PAYLOAD_TIMEOUT)
+    per_request = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST)
+    if per_request:
+        settings["per_request"] = _boolean(
+            per_request, names.OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST
+        )
+    return settings
+
+
+class InfluxDBEnvMetricExporter(InfluxDBMetricExporter):
+    """``InfluxDBMetricExporter`` configured from the environment; entry point
+    ``influxdb`` of group ``opentelemetry_metrics_exporter``."""
+
+    def __init__(self) -> None:
+        super().__init__(**influxdb_settings())
+
+
+class HTTPPayloadEnvMetricExporter(HTTPPayloadMetricExporter):
+    """``HTTPPayloadMetricExporter`` configured from the environment; entry
+    point ``http_payload`` of group ``opentelemetry_metrics_exporter``."""
+
+    def __init__(self) -> None:
+        super().__init__(**http_payload_settings())

@@ -1,0 +1,58 @@
+"""Every environment variable flask_chest_otel reads, in one place.
+
+The ``OTEL_EXPORTER_*`` names are registered under the entry-point group
+``opentelemetry_environment_variables``, so ``opentelemetry-instrument``
+offers a matching flag for each (``--exporter_influxdb_endpoint`` ...).
+"""
+
+from __future__ import annotations
+
+OTEL_EXPORTER_INFLUXDB_ENDPOINT = "OTEL_EXPORTER_INFLUXDB_ENDPOINT"
+"""InfluxDB base URL, e.g. ``http://localhost:8086`` (falls back to ``INFLUXDB_V2_URL``)."""
+
+OTEL_EXPORTER_INFLUXDB_TOKEN = "OTEL_EXPORTER_INFLUXDB_TOKEN"
+"""API token (falls back to ``INFLUXDB_V2_TOKEN``); never logged."""
+
+OTEL_EXPORTER_INFLUXDB_ORG = "OTEL_EXPORTER_INFLUXDB_ORG"
+"""Organisation (falls back to ``INFLUXDB_V2_ORG``)."""
+
+OTEL_EXPORTER_INFLUXDB_BUCKET = "OTEL_EXPORTER_INFLUXDB_BUCKET"
+"""Bucket (falls back to ``INFLUXDB_V2_BUCKET``)."""
+
+OTEL_EXPORTER_INFLUXDB_TIMEOUT = "OTEL_EXPORTER_INFLUXDB_TIMEOUT"
+"""Milliseconds one write may take, as OTLP's timeout (falls back to ``INFLUXDB_V2_TIMEOUT``)."""
+
+OTEL_EXPORTER_INFLUXDB_HEADERS = "OTEL_EXPORTER_INFLUXDB_HEADERS"
+"""Extra HTTP headers, ``key1=value1,key2=value2`` (values URL-decoded), as OTLP's."""
+
+OTEL_EXPORTER_INFLUXDB_COMPRESSION = "OTEL_EXPORTER_INFLUXDB_COMPRESSION"
+"""``gzip`` (default) or ``none``."""
+
+OTEL_EXPORTER_INFLUXDB_CUSTOM_TAGS = "OTEL_EXPORTER_INFLUXDB_CUSTOM_TAGS"
+"""Tags added to every line, ``key1=value1,key2=value2``."""
+
+OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT = "OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT"
+"""URL the HTTP payload writer POSTs to."""
+
+OTEL_EXPORTER_HTTP_PAYLOAD_HEADERS = "OTEL_EXPORTER_HTTP_PAYLOAD_HEADERS"
+"""Extra HTTP headers, ``key1=value1,key2=value2`` (values URL-decoded)."""
+
+OTEL_EXPORTER_HTTP_PAYLOAD_TIMEOUT = "OTEL_EXPORTER_HTTP_PAYLOAD_TIMEOUT"
+"""Milliseconds one POST may take."""
+
+OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR = "OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR"
+"""The payload generator as ``module:function`` (default
+``flask_chest_otel.http_payload:json_payload``)."""
+
+OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST = "OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST"
+"""``true`` (default): one POST per request; ``false``: one POST per export."""
+
+# influxdb-client's own names (``InfluxDBClient.from_env_properties``), read
+# when neither an argument nor an OTEL_ variable gives the setting.
+INFLUXDB_V2_URL = "INFLUXDB_V2_URL"
+INFLUXDB_V2_TOKEN = "INFLUXDB_V2_TOKEN"
+INFLUXDB_V2_ORG = "INFLUXDB_V2_ORG"
+INFLUXDB_V2_BUCKET = "INFLUXDB_V2_BUCKET"
+INFLUXDB_V2_TIMEOUT = "INFLUXDB_V2_TIMEOUT"
+INFLUXDB_V2_VERIFY_SSL = "INFLUXDB_V2_VERIFY_SSL"
+INFLUXDB_V2_SSL_CA_CERT = "INFLUXDB_V2_SSL_CA_CERT"
