@@ -17,13 +17,16 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	./scripts/ensure-servers.sh
-	$(PY) -m ruff check flask_chest_otel tests benchmarks
+	$(PY) -m ruff check flask_chest_otel tests benchmarks deploy
 	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
 	./scripts/ensure-servers.sh
 	$(PY) benchmarks/run.py
+
+docs: $(VENV)/.installed
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

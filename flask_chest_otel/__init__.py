@@ -8,6 +8,7 @@ from ._delivery import BufferedExporter, DeliveryStats
 from ._recorder import VERSION as __version__
 from ._self_metrics import register_self_metrics
 from .decorator import flask_chest
+from .extension import FlaskChest, flask_chest_exempt
 from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 from .influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
 from .meter_provider import FlaskChestMeterProvider
@@ -19,6 +20,7 @@ __all__ = [
     "DeliveryStats",
     "HTTPPayloadMetricExporter",
     "InfluxDBMetricExporter",
+    "FlaskChest",
     "FlaskChestCustomWriter",
     "FlaskChestInfluxDB",
     "FlaskChestMeterProvider",
@@ -26,5 +28,6 @@ __all__ = [
     "SQLiteMetricExporter",
     "__version__",
     "flask_chest",
+    "flask_chest_exempt",
     "register_self_metrics",
 ]

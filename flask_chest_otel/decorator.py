@@ -32,6 +32,9 @@ __all__ = ["flask_chest"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: Attribute of a view wrapped by ``@flask_chest``, holding what it records
+#: (the ``FlaskChest`` extension leaves such views to their decorator).
+RECORDING_ATTRIBUTE = "_flask_chest_recording"
 #: Longest request ID kept (flask-chest's limit).
 MAX_REQUEST_ID = 255
 #: Methods ``tracked_vars`` may name (case-insensitive).
@@ -231,6 +234,7 @@ def flask_chest(
                 recording.finish()
                 return response
 
+            setattr(async_wrapper, RECORDING_ATTRIBUTE, recording)
             return cast(F, async_wrapper)
 
         @functools.wraps(view)
@@ -244,6 +248,7 @@ def flask_chest(
             recording.finish()
             return response
 
+        setattr(wrapper, RECORDING_ATTRIBUTE, recording)
         return cast(F, wrapper)
 
     return decorate

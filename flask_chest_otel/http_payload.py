@@ -190,8 +190,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Payload]):
             failure. 429, 5xx, connection errors and timeouts are retried
             with backoff honouring ``Retry-After``; 413 and any other status
             is logged (status, body excerpt) and the payload dropped.
-        name, logger, retry_initial, retry_max, max_buffer_items,
-            max_buffer_bytes: see ``BufferedExporter``.
+        name, logger, retry_initial, retry_max, max_buffer_items, max_buffer_bytes: see
+            ``BufferedExporter``.
     """
 
     def __init__(
@@ -340,6 +340,13 @@ class HTTPPayloadMetricExporter(BufferedExporter[Payload]):
         ) as exc:
             return Outcome(
                 Status.RETRY, f"POST {self._safe_url} ({payload.label}) failed: {_reason(exc)}"
+            )
+        except requests.exceptions.InvalidHeader:
+            # requests' message quotes the header value: a token, usually.
+            return Outcome(
+                Status.REJECTED,
+                f"POST {self._safe_url} ({payload.label}) not sent: a header value holds a "
+                "newline or another character HTTP headers cannot carry (value not shown)",
             )
         except requests.RequestException as exc:
             return Outcome(

@@ -109,9 +109,10 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             ``INFLUXDB_V2_SSL_CA_CERT``).
         enable_gzip: gzip request bodies (on by default).
         headers: extra HTTP headers sent with every write (a proxy's, say).
-        name, logger, flush_interval, max_batch_items, max_batch_bytes,
-        max_buffer_items, max_buffer_bytes, retry_initial, retry_max,
-        preferred_temporality: see ``BufferedExporter``.
+        name, logger: see ``BufferedExporter``.
+        **delivery: ``flush_interval``, ``max_batch_items``, ``max_batch_bytes``,
+            ``max_buffer_items``, ``max_buffer_bytes``, ``retry_initial``,
+            ``retry_max``, ``preferred_temporality``: see ``BufferedExporter``.
 
     Raises:
         ValueError: a missing or malformed URL, no bucket (or database), an
@@ -224,6 +225,14 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             return self._outcome(error, len(batch))
         except (urllib3.exceptions.HTTPError, OSError) as error:
             return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {_describe(error)}")
+        except ValueError:
+            # http.client refuses a header value holding a newline or another
+            # control character, and its message quotes the value: the token.
+            return Outcome(
+                Status.REJECTED,
+                f"{self.destination}: not sent: the token or a header holds a newline or "
+                "another character HTTP headers cannot carry (value not shown)",
+            )
         return DELIVERED
 
     def _close(self) -> None:
@@ -294,6 +303,9 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
 
     def _outcome(self, error: ApiException, batch_size: int) -> Outcome:
         status = int(error.status or 0)
+        if status == 0:  # influxdb-client's wrapping of urllib3's SSLError: no HTTP answer
+            reason = " ".join(str(error.reason or "").split())[:_MAX_MESSAGE]
+            return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {reason}")
         message = _server_message(error.body)
         headers: Mapping[str, str] = error.headers or {}
         said = f" (HTTP {status}: {message})" if message else f" (HTTP {status})"

@@ -21,3 +21,9 @@ def request_id() -> str:
 
 chest = FlaskChestSQLite(db_uri=os.environ["FLASK_CHEST_TEST_DB"], export_interval=0.5)
 app = sample_app([chest], request_id_generator=request_id)
+
+
+@app.route("/health")
+def health() -> str:
+    """Readiness probe: not decorated, so it records nothing."""
+    return "ok"

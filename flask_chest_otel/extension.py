@@ -1,0 +1,285 @@
+"""``FlaskChest``: the Flask extension that records chosen ``g`` variables on
+every route of an application, configured from ``app.config``.
+
+It runs the decorator's machinery (``decorator._Recording``) from request
+hooks instead of around one view, so routes added after ``init_app`` (and
+blueprints registered later) are covered too.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.utils import import_string
+
+from ._chest import Chest
+from .decorator import RECORDING_ATTRIBUTE, _Recording
+from .meter_provider import FlaskChestMeterProvider
+
+__all__ = ["EXTENSION_KEY", "FlaskChest", "flask_chest_exempt"]
+
+V = TypeVar("V")
+
+#: The key of the extension in ``app.extensions``.
+EXTENSION_KEY = "flask_chest_otel"
+#: The attribute ``flask_chest_exempt`` sets on a view.
+_EXEMPT_ATTRIBUTE = "_flask_chest_exempt"
+#: Where the recording of the current request waits between the hooks
+#: (private: ``tracked_vars=None`` skips names starting with ``_``).
+_PENDING = "_flask_chest_otel_pending"
+
+AnyChest = Chest | FlaskChestMeterProvider
+
+
+def flask_chest_exempt(view: V) -> V:
+    """Marks a view (or a class-based ``View``) that ``FlaskChest`` must not
+    record. Put it under ``@app.route``; it returns the view unchanged."""
+    setattr(view, _EXEMPT_ATTRIBUTE, True)
+    return view
+
+
+class FlaskChest:
+    """Records chosen ``g`` variables of every request of an app to ``chests``.
+
+    The app-wide form of ``@flask_chest``, with the same semantics (see
+    ``docs/flask_extension.md``)::
+
+        chest = FlaskChest(chests=[FlaskChestSQLite()],
+                           tracked_vars={"POST": ["transaction", "response_time"]})
+        chest.init_app(app)      # or FlaskChest(app, chests=...)
+
+    Each argument is the default of a config key, which ``init_app`` sets with
+    ``app.config.setdefault``; a value already in the config wins, so one
+    extension object serves several apps configured differently.
+
+    Args:
+        app: the app to register on now; or call ``init_app`` later.
+        chests: ``FLASK_CHEST_CHESTS``, where measurements go (required, here
+            or in the config).
+        tracked_vars: ``FLASK_CHEST_TRACKED_VARS``, HTTP method -> names of
+            ``g`` variables; ``None`` (default) records every public
+            attribute of ``g``.
+        excluded_routes: ``FLASK_CHEST_EXCLUDED_ROUTES``, URL rules (as
+            written in ``@app.route``, blueprint prefix included, e.g.
+            ``"/healthz"``) never recorded.
+        request_id_generator: ``FLASK_CHEST_REQUEST_ID_GENERATOR``, a callable
+            or an import string (``"myapp.ids:make_id"``); default UUID4.
+        raise_exceptions: ``FLASK_CHEST_RAISE_EXCEPTIONS`` (default False),
+            as for ``@flask_chest``.
+
+    A route decorated with ``@flask_chest`` records only through its
+    decorator (its chests and settings), never twice; a view marked with
+    ``@flask_chest_exempt`` (also ``FlaskChest.exempt``) is not recorded.
+    """
+
+    #: ``@FlaskChest.exempt``: the same as ``flask_chest_exempt``.
+    exempt = staticmethod(flask_chest_exempt)
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        chests: Sequence[AnyChest] | AnyChest | None = None,
+        tracked_vars: Mapping[str, Sequence[str]] | None = None,
+        excluded_routes: Iterable[str] = (),
+        request_id_generator: Callable[[], Any] | str | None = None,
+        raise_exceptions: bool = False,
+    ) -> None:
+        self.chests = chests
+        self.tracked_vars = tracked_vars
+        self.excluded_routes = tuple(excluded_routes)
+        self.request_id_generator = request_id_generator
+        self.raise_exceptions = raise_exceptions
+        self._apps: weakref.WeakKeyDictionary[Flask, _AppHooks] = weakref.WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def __repr__(self) -> str:
+        return f"FlaskChest(chests={self.chests!r})"
+
+    def init_app(self, app: Flask) -> None:
+        """Reads the ``FLASK_CHEST_*`` config of ``app`` and registers the
+        request hooks and ``app.extensions["flask_chest_otel"]``.
+
+        Raises:
+            RuntimeError: a ``FlaskChest`` is already registered on ``app``.
+            TypeError, ValueError: a config value is invalid; the message
+                names the key.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                f"FlaskChest is already registered on app {app.name!r} "
+                f"(app.extensions[{EXTENSION_KEY!r}]); call init_app once per app"
+            )
+        config = app.config
+        config.setdefault("FLASK_CHEST_CHESTS", self.chests)
+        config.setdefault("FLASK_CHEST_TRACKED_VARS", self.tracked_vars)
+        config.setdefault("FLASK_CHEST_EXCLUDED_ROUTES", self.excluded_routes)
+        config.setdefault("FLASK_CHEST_REQUEST_ID_GENERATOR", self.request_id_generator)
+        config.setdefault("FLASK_CHEST_RAISE_EXCEPTIONS", self.raise_exceptions)
+        hooks = _AppHooks(
+            _check_chests(config["FLASK_CHEST_CHESTS"]),
+            config["FLASK_CHEST_TRACKED_VARS"],
+            _check_excluded(config["FLASK_CHEST_EXCLUDED_ROUTES"]),
+            _load_generator(config["FLASK_CHEST_REQUEST_ID_GENERATOR"]),
+            bool(config["FLASK_CHEST_RAISE_EXCEPTIONS"]),
+        )
+        # First among before_request hooks, so that g.custom_request_id is
+        # there for the app's own hooks (logging, say).
+        app.before_request_funcs.setdefault(None, []).insert(0, hooks.before_request)
+        # after_request hooks run in reverse order: appended, it runs first.
+        app.after_request(hooks.after_request)
+        app.teardown_request(hooks.teardown_request)
+        app.extensions[EXTENSION_KEY] = self
+        self._apps[app] = hooks
+
+    def chests_of(self, app: Flask | None = None) -> tuple[AnyChest, ...]:
+        """The chests ``app`` (default: the current app) records to."""
+        return self._hooks(app).chests
+
+    def force_flush(self, app: Flask | None = None, timeout_millis: float = 10_000) -> bool:
+        """Sends now what ``app``'s routes recorded (tests, scripts); True when
+        every chest delivered it all in time."""
+        results = [chest.force_flush(timeout_millis) for chest in self.chests_of(app)]
+        return all(results)
+
+    def _hooks(self, app: Flask | None) -> _AppHooks:
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        hooks = self._apps.get(app)
+        if hooks is None:
+            raise RuntimeError(f"FlaskChest is not registered on app {app.name!r}")
+        return hooks
+
+
+class _AppHooks:
+    """The request hooks of one app: decide per endpoint, then run a
+    ``_Recording`` as ``@flask_chest`` would around the view."""
+
+    def __init__(
+        self,
+        chests: tuple[AnyChest, ...],
+        tracked_vars: Mapping[str, Sequence[str]] | None,
+        excluded_routes: frozenset[str],
+        request_id_generator: Callable[[], Any] | None,
+        raise_exceptions: bool,
+    ) -> None:
+        self.chests = chests
+        self.excluded_routes = excluded_routes
+        try:
+            self.recording = _Recording(
+                list(chests), tracked_vars, request_id_generator, raise_exceptions
+            )
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"FlaskChest: FLASK_CHEST_TRACKED_VARS: {exc}") from exc
+        # endpoint -> (view function, recorded?): views rarely change, but may.
+        self._decisions: dict[str, tuple[Callable[..., Any], bool]] = {}
+
+    def _records(self) -> bool:
+        rule = request.url_rule
+        endpoint = request.endpoint
+        if rule is None or endpoint is None:  # no route matched (404, 405)
+            return False
+        if rule.rule in self.excluded_routes:
+            return False
+        view = current_app.view_functions.get(endpoint)
+        if view is None:
+            return False
+        decision = self._decisions.get(endpoint)
+        if decision is None or decision[0] is not view:
+            decision = (view, not _exempt_or_decorated(view))
+            self._decisions[endpoint] = decision  # a race computes the same
+        return decision[1]
+
+    def before_request(self) -> None:
+        if not self._records():
+            return
+        self.recording.start()
+        setattr(g, _PENDING, self.recording)
+
+    def after_request(self, response: Response) -> Response:
+        recording: _Recording | None = g.pop(_PENDING, None)
+        if recording is not None:
+            # An error response's status wins over a recording error, as a
+            # view's exception wins under the decorator.
+            recording.finish(view_failed=response.status_code >= 400)
+        return response
+
+    def teardown_request(self, exc: BaseException | None) -> None:
+        # Only when after_request did not run: an exception left the request
+        # unanswered (propagated, as under testing or PROPAGATE_EXCEPTIONS).
+        recording: _Recording | None = g.pop(_PENDING, None)
+        if recording is not None:
+            recording.finish(view_failed=True)
+
+
+def _unwrapped(view: Callable[..., Any]) -> Iterable[Any]:
+    """The view, and each function it wraps (``functools.wraps`` leaves
+    ``__wrapped__``); for a class-based view, its class too."""
+    seen: set[int] = set()
+    current: Any = view
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        view_class = getattr(current, "view_class", None)
+        if view_class is not None:
+            yield view_class
+        current = getattr(current, "__wrapped__", None)
+
+
+def _exempt_or_decorated(view: Callable[..., Any]) -> bool:
+    for function in _unwrapped(view):
+        if getattr(function, _EXEMPT_ATTRIBUTE, False):
+            return True
+        if getattr(function, RECORDING_ATTRIBUTE, None) is not None:
+            return True
+    return False
+
+
+def _check_chests(chests: Any) -> tuple[AnyChest, ...]:
+    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
+        chests = [chests]
+    if not isinstance(chests, (list, tuple)) or not chests:
+        raise ValueError(
+            "FlaskChest: FLASK_CHEST_CHESTS (or FlaskChest(chests=...)) must be a "
+            f"non-empty list of chests, got {chests!r}"
+        )
+    for chest in chests:
+        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
+            raise TypeError(f"FlaskChest: FLASK_CHEST_CHESTS: {chest!r} is not a chest")
+    return tuple(chests)
+
+
+def _check_excluded(routes: Any) -> frozenset[str]:
+    if routes is None:
+        return frozenset()
+    if isinstance(routes, str):
+        routes = [routes]
+    routes = list(routes) if isinstance(routes, Iterable) else routes
+    if not isinstance(routes, list) or not all(
+        isinstance(route, str) and route.startswith("/") for route in routes
+    ):
+        raise TypeError(
+            "FlaskChest: FLASK_CHEST_EXCLUDED_ROUTES must be a list of URL rules such as "
+            f"'/healthz' or '/items/<int:item_id>', got {routes!r}"
+        )
+    return frozenset(routes)
+
+
+def _load_generator(generator: Any) -> Callable[[], Any] | None:
+    if isinstance(generator, str):
+        try:
+            generator = import_string(generator)
+        except ImportError as exc:
+            raise ValueError(
+                f"FlaskChest: FLASK_CHEST_REQUEST_ID_GENERATOR {generator!r} cannot be "
+                f"imported: {exc}"
+            ) from exc
+    if generator is not None and not callable(generator):
+        raise TypeError(
+            f"FlaskChest: FLASK_CHEST_REQUEST_ID_GENERATOR must be callable, got {generator!r}"
+        )
+    return generator  # type: ignore[no-any-return]
