@@ -98,6 +98,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 # -- VictoriaMetrics ------------------------------------------------------------
 
 
+_INFINITE_SAMPLE = re.compile(r"(?<=[\[,])\+?(-?)Inf(?=[,\]])")
+
+
 class VictoriaMetrics:
     """A running VictoriaMetrics (it accepts the InfluxDB 2.x write API at
     ``/api/v2/write`` and names a series ``<measurement>_<field>``)."""
@@ -120,7 +123,12 @@ class VictoriaMetrics:
         query = urllib.parse.urlencode({"match[]": match, "start": "0", "end": "4102444800"})
         status, body = http("GET", f"{self.url}/api/v1/export?{query}")
         assert status == 200, body
-        return [json.loads(line) for line in body.decode().splitlines() if line]
+        # Infinite samples come as bare +Inf/-Inf, which JSON does not have.
+        return [
+            json.loads(_INFINITE_SAMPLE.sub(r"\1Infinity", line))
+            for line in body.decode().splitlines()
+            if line
+        ]
 
     def delete_all(self) -> None:
         query = urllib.parse.urlencode({"match[]": '{__name__=~".+"}'})
