@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed
-	./scripts/ensure-servers.sh
+	./scripts/ensure-servers.sh --bench
 	$(PY) benchmarks/run.py
 
 docs: $(VENV)/.installed

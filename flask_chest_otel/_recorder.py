@@ -191,7 +191,11 @@ class Recorder:
             per_chest: dict[Chest, dict[str, list[NumberDataPoint]]] = {}
             pop = pending.popleft
             for _ in range(count):
-                sink, name, value, attributes, time_unix_nano = pop()
+                try:
+                    record = pop()
+                except IndexError:  # _drop_oldest took some meanwhile (and counted them)
+                    break
+                sink, name, value, attributes, time_unix_nano = record
                 point = NumberDataPoint(attributes, 0, time_unix_nano, value)
                 for chest in sink.chests:
                     per_chest.setdefault(chest, {}).setdefault(name, []).append(point)

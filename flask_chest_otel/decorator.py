@@ -7,8 +7,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -46,8 +46,12 @@ _log = RateLimitedLog(LOGGER, interval=300.0)
 
 
 def default_request_id() -> str:
-    """A random UUID4 string."""
-    return str(uuid.uuid4())
+    """A random UUID4 string, as ``str(uuid.uuid4())`` gives, in half its time."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class _Recording:
@@ -110,24 +114,26 @@ class _Recording:
             )
 
     def _record(self) -> None:
-        method = request.method
+        # Flask's proxies cost about 2 us an access: resolve each once.
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        values = vars(g._get_current_object())
+        method = current_request.method
         if self.tracked is None:
             names: Iterable[str] = [
-                name for name in vars(g) if not name.startswith("_") and name != "custom_request_id"
+                name for name in values if not name.startswith("_") and name != "custom_request_id"
             ]
         else:
             names = self.tracked.get(method, ())
             if not names:
                 return
         attributes: dict[str, str | int] = {
-            ATTR_REQUEST_ID: g.get("custom_request_id") or default_request_id(),
+            ATTR_REQUEST_ID: values.get("custom_request_id") or default_request_id(),
             ATTR_METHOD: method,
         }
-        route = _route()
-        if route is not None:
-            attributes[ATTR_ROUTE] = route
+        rule = current_request.url_rule
+        if rule is not None:
+            attributes[ATTR_ROUTE] = rule.rule
         now = time.time_ns()
-        values = vars(g)
         sink = self.sink
         batch: list[Record] = []
         for name in names:

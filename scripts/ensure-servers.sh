@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs the real servers the integration tests start (Debian packages):
-# VictoriaMetrics (InfluxDB v2 write API) and InfluxDB 1.6 (v1 API).
+# VictoriaMetrics (InfluxDB v2 write API) and InfluxDB 1.6 (v1 API); with
+# --bench also the load generator wrk.
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--bench" ]; then
+    command -v wrk >/dev/null 2>&1 || need+=(wrk)
+fi
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 [ ${#need[@]} -eq 0 ] && exit 0

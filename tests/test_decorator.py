@@ -38,7 +38,10 @@ def test_sample_usage_records_get_and_post_variables(sqlite_chest: FlaskChestSQL
     assert rows[0]["value"] == 1.0 and rows[0]["field"] == "value"
     assert rows[1]["request_id"] == rows[2]["request_id"] != rows[0]["request_id"]
     assert 0 <= rows[2]["value"] < 1.0
-    uuid.UUID(rows[0]["request_id"])  # default generator: UUID4 strings
+    # The default generator: UUID4 strings, as str(uuid.uuid4()) prints them.
+    for row in rows:
+        assert str(uuid.UUID(row["request_id"])) == row["request_id"]
+        assert uuid.UUID(row["request_id"]).version == 4
 
 
 def test_route_attribute_is_the_url_rule_not_the_raw_path(sqlite_chest: FlaskChestSQLite) -> None:
@@ -523,3 +526,17 @@ def test_export_errors_never_reach_the_request(tmp_path: Any) -> None:
     finally:
         chest.shutdown(timeout_millis=100)
     assert chest.exporter.stats.dropped_shutdown == 40
+
+
+def test_default_request_ids_are_distinct_rfc_4122_version_4_uuids() -> None:
+    from flask_chest_otel.decorator import default_request_id
+
+    ids = [default_request_id() for _ in range(2_000)]
+    assert len(set(ids)) == 2_000
+    for request_id in ids:
+        parsed = uuid.UUID(request_id)
+        assert (str(parsed), parsed.version, parsed.variant) == (
+            request_id,
+            4,
+            uuid.RFC_4122,
+        )

@@ -365,6 +365,25 @@ def test_proxies_route_the_post_through_the_proxy(
     assert post.target == "http://collector.invalid:3000/ingest"
 
 
+def test_proxy_variables_of_the_environment_are_honoured(
+    sink: HTTPSink,
+    make_exporter: Callable[..., HTTPPayloadMetricExporter],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment is read once, at construction, as requests would on
+    every call: HTTP_PROXY routes the POST, NO_PROXY exempts a host."""
+    for variable in ("NO_PROXY", "no_proxy", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", sink.url)
+    monkeypatch.setenv("NO_PROXY", "exempt.invalid")
+    proxied = make_exporter(url="http://collector.invalid:3000/ingest")
+    exempt = make_exporter(url="http://exempt.invalid:3000/ingest", retry_max=0.1)
+    assert deliver(proxied, recorded(("r1", [("transaction", 1)])))
+    [post] = sink.posts()
+    assert post.target == "http://collector.invalid:3000/ingest"
+    assert exempt.proxies is None
+
+
 def test_one_keep_alive_connection_carries_every_post(
     sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
 ) -> None:
