@@ -136,6 +136,21 @@ class VictoriaMetrics:
         assert status == 204, body
 
 
+def victoria_metrics_command(binary: str, data_dir: Path, port: int, *flags: str) -> list[str]:
+    """The command line of a test VictoriaMetrics on a loopback port."""
+    return [
+        binary,
+        f"-storageDataPath={data_dir / 'data'}",
+        f"-httpListenAddr=127.0.0.1:{port}",
+        "-retentionPeriod=100y",
+        # Recent samples are hidden from queries for 30 s by default.
+        "-search.latencyOffset=0s",
+        "-search.disableCache",
+        "-loggerLevel=ERROR",
+        *flags,
+    ]
+
+
 @contextmanager
 def victoria_metrics(data_dir: Path) -> Iterator[VictoriaMetrics]:
     """Starts VictoriaMetrics on a free loopback port, storing under ``data_dir``."""
@@ -145,16 +160,7 @@ def victoria_metrics(data_dir: Path) -> Iterator[VictoriaMetrics]:
     log = data_dir / "victoria-metrics.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                binary,
-                f"-storageDataPath={data_dir / 'data'}",
-                f"-httpListenAddr=127.0.0.1:{port}",
-                "-retentionPeriod=100y",
-                # Recent samples are hidden from queries for 30 s by default.
-                "-search.latencyOffset=0s",
-                "-search.disableCache",
-                "-loggerLevel=ERROR",
-            ],
+            victoria_metrics_command(binary, data_dir, port),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -255,20 +254,6 @@ def test_an_unreachable_host_keeps_the_data_and_never_touches_the_request(
     text = _log_text(caplog)
     assert "nowhere" in text and url in text and "Connection" in text
     assert SECRET not in text
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls-bad-input")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 def test_tls_verification_failure_to_influxdb_is_retried_and_logged_without_the_token(

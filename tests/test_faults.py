@@ -45,6 +45,7 @@ from .servers import (
     free_port,
     influxdb1,
     require_binary,
+    victoria_metrics_command,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,16 +73,7 @@ class RestartableVM:
         log = self.root / "victoria-metrics.log"
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [
-                    self.binary,
-                    f"-storageDataPath={self.root / 'data'}",
-                    f"-httpListenAddr=127.0.0.1:{self.port}",
-                    "-retentionPeriod=100y",
-                    "-search.latencyOffset=0s",
-                    "-search.disableCache",
-                    "-loggerLevel=ERROR",
-                    *flags,
-                ],
+                victoria_metrics_command(self.binary, self.root, self.port, *flags),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

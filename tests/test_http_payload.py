@@ -7,7 +7,6 @@ import json
 import logging
 import pickle
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -633,20 +632,6 @@ def test_flask_chest_positional_order_is_kept() -> None:
 
 
 # -- TLS -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 @pytest.fixture
