@@ -238,6 +238,20 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         """Encodes and enqueues; never blocks on I/O. FAILURE only if the data
         could not be encoded or the exporter is shut down."""
         if self._shut_down:
+            points = sum(
+                len(metric.data.data_points)
+                for resource_metrics in metrics_data.resource_metrics
+                for scope_metrics in resource_metrics.scope_metrics
+                for metric in scope_metrics.metrics
+            )
+            self.stats.dropped_shutdown += points
+            self._log.log(
+                logging.WARNING,
+                "after-shutdown",
+                "%s: received %d points after shutdown(); they are dropped",
+                self.name,
+                points,
+            )
             return MetricExportResult.FAILURE
         try:
             items = [(item, self._item_size(item)) for item in self._encode(metrics_data)]

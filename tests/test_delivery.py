@@ -189,12 +189,18 @@ def test_shutdown_sends_what_a_reachable_backend_can_take() -> None:
     assert exporter.stats.dropped == 0
 
 
-def test_export_after_shutdown_fails_without_raising() -> None:
-    from opentelemetry.sdk.metrics.export import MetricExportResult
-
-    exporter = ScriptedExporter(lambda batch: DELIVERED)
-    exporter.shutdown()
-    assert exporter.export(MetricsData(resource_metrics=[])) is MetricExportResult.FAILURE
+def test_export_after_shutdown_fails_counts_and_logs_without_raising(
+    make_sqlite_chest: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A route still serving after its chest was shut down: its requests are
+    answered, and the points the chest can no longer take are counted and logged."""
+    chest = make_sqlite_chest(name="closed")
+    client = sample_app([chest]).test_client()
+    chest.shutdown()
+    assert client.post("/").status_code == 200
+    chest.force_flush()
+    assert chest.exporter.stats.dropped_shutdown == 2
+    assert "closed: received 2 points after shutdown(); they are dropped" in caplog.text
 
 
 @pytest.mark.parametrize(
