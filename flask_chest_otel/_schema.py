@@ -11,8 +11,8 @@ Telegraf), or ``telegraf-prometheus-v2`` on request:
 
 v1: measurement = metric name; tags = resource attributes, then
 ``otel.library.name``/``otel.library.version``, then data-point attributes
-(later ones win); fields, all floats as the schema specifies (so a field never
-changes type between an int and a float collection):
+(later ones win); fields (a gauge or sum point in its own type, int or float,
+as otel2influx writes it; histogram fields as floats):
 
 - Gauge: ``gauge``. Sum: ``counter`` if monotonic and cumulative, else
   ``gauge`` (the chests export DELTA sums: each value is the increase over
@@ -232,7 +232,7 @@ def metric_rows(metric: Metric, base_tags: Mapping[str, str]) -> Iterator[Row]:
             else "gauge"
         )
         for point in data.data_points:
-            fields = _start({field: float(point.value)}, point.start_time_unix_nano)
+            fields = _start({field: point.value}, point.start_time_unix_nano)
             yield Row(name, _point_tags(base_tags, point.attributes), fields, point.time_unix_nano)
     elif isinstance(data, Histogram):
         for hpoint in data.data_points:
@@ -266,7 +266,7 @@ def metric_rows_v2(metric: Metric, base_tags: Mapping[str, str]) -> Iterator[Row
     name = metric.name
     if isinstance(data, (Gauge, Sum)):
         for point in data.data_points:
-            fields = _start({name: float(point.value)}, point.start_time_unix_nano)
+            fields = _start({name: point.value}, point.start_time_unix_nano)
             yield Row("prometheus", _point_tags(base_tags, point.attributes), fields,
                       point.time_unix_nano)
     elif isinstance(data, (Histogram, ExponentialHistogram)):

@@ -501,6 +501,24 @@ def test_chest_repr_names_destination_not_token() -> None:
         chest.shutdown(timeout_millis=100)
 
 
+def test_int_points_are_written_as_integers_and_float_points_as_floats(
+    double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    """As otel2influx writes a NumberDataPoint: its own type; histogram
+    counts and buckets as floats (the schema's layout)."""
+    exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
+    gauge = Metric("temperature", "", "", Gauge([NumberDataPoint({}, 0, T, 21.0)]))
+    data = app_data()
+    data.resource_metrics[0].scope_metrics[0].metrics.append(gauge)  # type: ignore[attr-defined]
+    lines = [line.decode() for line in exporter._encode(data)]
+    [orders] = [line for line in lines if line.startswith("orders,")]
+    assert " counter=7i,start_time_unix_nano=" in orders
+    [temperature] = [line for line in lines if line.startswith("temperature,")]
+    assert " gauge=21 " in temperature
+    [latency] = [line for line in lines if line.startswith("latency,")]
+    assert " count=4," in latency and ",+Inf=4," in latency
+
+
 def test_telegraf_prometheus_v2_schema_is_available(
     double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
 ) -> None:
@@ -513,5 +531,5 @@ def test_telegraf_prometheus_v2_schema_is_available(
         schema="telegraf-prometheus-v2",
     )
     lines = [line.decode() for line in exporter._encode(app_data())]
-    assert any(line.startswith("prometheus,") and " orders=7," in line for line in lines)
+    assert any(line.startswith("prometheus,") and " orders=7i," in line for line in lines)
     assert any(",le=+Inf," in line and "latency_bucket=4" in line for line in lines)
