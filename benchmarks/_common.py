@@ -37,6 +37,7 @@ from flask_chest_otel import FlaskChestCustomWriter, flask_chest  # noqa: E402
 from flask_chest_otel._chest import Chest  # noqa: E402
 from flask_chest_otel._delivery import DELTA_TEMPORALITY  # noqa: E402
 from flask_chest_otel.influxdb import FlaskChestInfluxDB  # noqa: E402
+from tests.servers import stop_process  # noqa: E402
 
 #: Variable names of the sample route; extra ones for the scaling benchmark.
 SAMPLE_VARS = ["transaction", "response_time"]
@@ -78,8 +79,7 @@ def http_sink() -> Iterator[str]:
             raise RuntimeError("benchmarks: the HTTP sink did not start")
         yield url
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
 
 
 def sink_posts(url: str) -> int:
@@ -368,9 +368,4 @@ def gunicorn(variant: str, env: dict[str, str]) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)

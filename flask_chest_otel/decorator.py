@@ -163,6 +163,19 @@ def _route() -> str | None:
     return rule.rule if rule is not None else None
 
 
+def check_chests(chests: Any, what: str) -> tuple[Chest | FlaskChestMeterProvider, ...]:
+    """``chests`` (one chest, or a non-empty list of them) as a tuple; else a
+    ValueError or TypeError whose message starts with ``what``."""
+    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
+        chests = [chests]
+    if not isinstance(chests, (list, tuple)) or not chests:
+        raise ValueError(f"{what} must be a non-empty list of chests, got {chests!r}")
+    for chest in chests:
+        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
+            raise TypeError(f"{what}: {chest!r} is not a chest")
+    return tuple(chests)
+
+
 def _check_tracked_vars(
     tracked_vars: Mapping[str, Sequence[str]] | None,
 ) -> dict[str, tuple[str, ...]] | None:
@@ -216,13 +229,7 @@ def flask_chest(
     (what was set before the error is recorded); the view's exception then
     propagates unchanged. Sync and async views are both supported.
     """
-    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
-        chests = [chests]
-    if not isinstance(chests, (list, tuple)) or not chests:
-        raise ValueError("flask_chest: chests must be a non-empty list of chests")
-    for chest in chests:
-        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
-            raise TypeError(f"flask_chest: {chest!r} is not a chest")
+    chests = check_chests(chests, "flask_chest: chests")
     recording = _Recording(chests, tracked_vars, request_id_generator, raise_exceptions)
 
     def decorate(view: F) -> F:

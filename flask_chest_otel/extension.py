@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.utils import import_string
 
 from ._chest import Chest
-from .decorator import RECORDING_ATTRIBUTE, _Recording
+from .decorator import RECORDING_ATTRIBUTE, _Recording, check_chests
 from .meter_provider import FlaskChestMeterProvider
 
 __all__ = ["EXTENSION_KEY", "FlaskChest", "flask_chest_exempt"]
@@ -121,7 +121,7 @@ class FlaskChest:
         config.setdefault("FLASK_CHEST_REQUEST_ID_GENERATOR", self.request_id_generator)
         config.setdefault("FLASK_CHEST_RAISE_EXCEPTIONS", self.raise_exceptions)
         hooks = _AppHooks(
-            _check_chests(config["FLASK_CHEST_CHESTS"]),
+            check_chests(config["FLASK_CHEST_CHESTS"], "FlaskChest: FLASK_CHEST_CHESTS"),
             config["FLASK_CHEST_TRACKED_VARS"],
             _check_excluded(config["FLASK_CHEST_EXCLUDED_ROUTES"]),
             _load_generator(config["FLASK_CHEST_REQUEST_ID_GENERATOR"]),
@@ -237,20 +237,6 @@ def _exempt_or_decorated(view: Callable[..., Any]) -> bool:
         if getattr(function, RECORDING_ATTRIBUTE, None) is not None:
             return True
     return False
-
-
-def _check_chests(chests: Any) -> tuple[AnyChest, ...]:
-    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
-        chests = [chests]
-    if not isinstance(chests, (list, tuple)) or not chests:
-        raise ValueError(
-            "FlaskChest: FLASK_CHEST_CHESTS (or FlaskChest(chests=...)) must be a "
-            f"non-empty list of chests, got {chests!r}"
-        )
-    for chest in chests:
-        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
-            raise TypeError(f"FlaskChest: FLASK_CHEST_CHESTS: {chest!r} is not a chest")
-    return tuple(chests)
 
 
 def _check_excluded(routes: Any) -> frozenset[str]:

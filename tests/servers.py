@@ -85,7 +85,8 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, what: 
     raise RuntimeError(f"{what} did not answer {url} within 30 s: {log.read_text()[-2000:]}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
     if process.poll() is None:
         process.terminate()
         try:
@@ -169,7 +170,7 @@ def victoria_metrics(data_dir: Path) -> Iterator[VictoriaMetrics]:
         _wait_until_up(f"{url}/health", process, log, "victoria-metrics")
         yield VictoriaMetrics(url, process)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 # -- InfluxDB 1.6 ---------------------------------------------------------------
@@ -283,7 +284,7 @@ def influxdb1(root: Path, auth: tuple[str, str] | None = None) -> Iterator[Influ
             assert status == 200, answer
         yield server
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 # -- InfluxDB 2.x write API test double -----------------------------------------

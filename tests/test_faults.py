@@ -40,11 +40,11 @@ from .servers import (
     InfluxDB2WriteDouble,
     Scripted,
     VictoriaMetrics,
-    _stop,
     _wait_until_up,
     free_port,
     influxdb1,
     require_binary,
+    stop_process,
     victoria_metrics_command,
 )
 
@@ -82,7 +82,7 @@ class RestartableVM:
     def stop(self) -> None:
         """SIGTERM: VictoriaMetrics persists what it acknowledged, then exits."""
         if self.process is not None:
-            _stop(self.process)
+            stop_process(self.process)
             self.process = None
 
     @property
