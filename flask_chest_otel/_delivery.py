@@ -68,6 +68,10 @@ class Status(enum.Enum):
     REJECTED = "rejected"
     #: 413: split the batch and send the halves.
     TOO_LARGE = "too_large"
+    #: The backend refused the whole batch for what some of its items hold
+    #: (a 400 for one malformed line): narrow it down so that only the
+    #: refused items are dropped.
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -423,7 +427,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 attempt, limit = 0, self.max_batch_items
             elif outcome.status is Status.TOO_LARGE and len(batch) > 1:
                 limit = max(1, len(batch) // 2)
-            elif outcome.status in (Status.REJECTED, Status.TOO_LARGE):
+            elif outcome.status in (Status.REJECTED, Status.TOO_LARGE, Status.INVALID):
                 self._discard(len(batch))
                 self.stats.exported += outcome.delivered
                 self.stats.dropped_rejected += len(batch) - outcome.delivered

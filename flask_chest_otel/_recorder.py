@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeter
 from opentelemetry.metrics import _Gauge as Gauge
+from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     Gauge as GaugeData,
 )
@@ -42,14 +43,17 @@ from opentelemetry.util.types import Attributes
 
 from ._delivery import LOGGER, RateLimitedLog
 from ._names import SCOPE_NAME
+from ._trace import SpanIds
 
 if TYPE_CHECKING:
     from ._chest import Chest
 
 VERSION = "0.1.0"
 
-#: (sink, instrument name, value, attributes, time_unix_nano)
-Record = tuple["Sink", str, int | float, Attributes, int]
+#: (sink, instrument name, value, attributes, time_unix_nano, span IDs or None).
+#: ``value`` is a bool, int or float (a text travels in the attribute
+#: ``flask_chest.value`` with value 1); the span IDs become the point's exemplar.
+Record = tuple["Sink", str, int | float, Attributes, int, "SpanIds | None"]
 
 
 class ChestGauge(Gauge):
@@ -128,7 +132,7 @@ class Recorder:
     def record(
         self, sink: Sink, name: str, value: float, attributes: Attributes, time_unix_nano: int
     ) -> None:
-        self.record_many([(sink, name, value, attributes, time_unix_nano)])
+        self.record_many([(sink, name, value, attributes, time_unix_nano, None)])
 
     def record_many(self, records: list[Record]) -> None:
         """Queues the measurements of one request. ``deque.extend`` of a list
@@ -195,8 +199,13 @@ class Recorder:
                     record = pop()
                 except IndexError:  # _drop_oldest took some meanwhile (and counted them)
                     break
-                sink, name, value, attributes, time_unix_nano = record
-                point = NumberDataPoint(attributes, 0, time_unix_nano, value)
+                sink, name, value, attributes, time_unix_nano, span_ids = record
+                exemplars = (
+                    [Exemplar({}, value, time_unix_nano, span_ids[1], span_ids[0])]
+                    if span_ids is not None
+                    else []
+                )
+                point = NumberDataPoint(attributes, 0, time_unix_nano, value, exemplars)
                 for chest in sink.chests:
                     per_chest.setdefault(chest, {}).setdefault(name, []).append(point)
             for chest, by_name in per_chest.items():

@@ -25,6 +25,7 @@ from ._names import (
     ATTR_TIME,
 )
 from ._recorder import RECORDER, Record
+from ._trace import current_span_ids
 from ._values import coerce
 from .meter_provider import FlaskChestMeterProvider
 
@@ -134,6 +135,7 @@ class _Recording:
         if rule is not None:
             attributes[ATTR_ROUTE] = rule.rule
         now = time.time_ns()
+        span_ids = current_span_ids()
         sink = self.sink
         batch: list[Record] = []
         for name in names:
@@ -147,7 +149,7 @@ class _Recording:
                 point_attributes[ATTR_STRING_VALUE] = value
                 value = 1
             if sink is not None:
-                batch.append((sink, name, value, point_attributes, now))
+                batch.append((sink, name, value, point_attributes, now, span_ids))
             if self.providers:
                 del point_attributes[ATTR_INDEX]
                 point_attributes[ATTR_TIME] = now

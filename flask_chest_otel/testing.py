@@ -197,7 +197,7 @@ def _tap(recorder: Recorder, records: list[Record]) -> None:
     forward = _shadowed[0] if _shadowed else functools.partial(Recorder.record_many, recorder)
     captured = [
         CapturedMeasurement.from_point(name, value, attributes, time_unix_nano)
-        for _sink, name, value, attributes, time_unix_nano in records
+        for _sink, name, value, attributes, time_unix_nano, _span_ids in records
     ]
     with _captures_lock:
         for capture in _captures:

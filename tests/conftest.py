@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import time
@@ -11,9 +12,17 @@ from typing import Any
 
 import pytest
 from flask import Flask, g, request
+from hypothesis import settings
 
 from flask_chest_otel import FlaskChestSQLite, flask_chest
 from flask_chest_otel._chest import Chest
+
+# CI explores the same examples on every run and never replays a failure
+# saved by an earlier run: its result depends on the commit alone. Locally
+# (no CI variable) Hypothesis picks new examples each run.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 SAMPLE_TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 

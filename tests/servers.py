@@ -243,10 +243,24 @@ class InfluxDB1:
     def write(self, db: str, body: bytes) -> tuple[int, bytes]:
         return http("POST", f"{self.url}/write?db={db}&precision=ns", body, self._headers())
 
+    def measurements(self, db: str) -> list[str]:
+        """The measurement names of ``db``, as InfluxDB stores them."""
+        result = self.query("SHOW MEASUREMENTS", db)
+        series = result["results"][0].get("series", [])
+        return [row[0] for row in series[0]["values"]] if series else []
+
     def series(self, db: str) -> list[dict[str, Any]]:
-        """Every point of ``db``: one dict per series with name, tags, columns, values."""
-        result = self.query("SELECT * FROM /.*/ GROUP BY *", db)
-        return list(result["results"][0].get("series", []))
+        """Every point of ``db``: one dict per series with name, tags, columns, values.
+
+        One query per measurement: a single ``SELECT * FROM /.*/`` omits a
+        measurement whose field key has another type in a second measurement
+        (InfluxDB 1.6 merges the columns of one statement)."""
+        found: list[dict[str, Any]] = []
+        for name in self.measurements(db):
+            quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+            result = self.query(f'SELECT * FROM "{quoted}" GROUP BY *', db)
+            found.extend(result["results"][0].get("series", []))
+        return found
 
 
 @contextmanager
