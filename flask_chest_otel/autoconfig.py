@@ -5,8 +5,11 @@ or ``OTEL_METRICS_EXPORTER=influxdb`` with the SDK configurator).
 The SDK builds an entry point's class with no arguments, so these read their
 settings from the variables of ``flask_chest_otel.environment_variables``
 (the ``OTEL_EXPORTER_INFLUXDB_*`` names, falling back to influxdb-client's
-``INFLUXDB_V2_*``), and fail at start-up with a message naming the variable
-when one is missing or malformed.
+``INFLUXDB_V2_*``). A missing or malformed setting raises a ValueError naming
+the variable and its ``opentelemetry-instrument`` flag. Note that the
+OpenTelemetry distro catches that error: it logs it ("Configuration of
+configurator failed", with our message) and the application goes on serving
+without metrics, so read the start-up log.
 """
 
 from __future__ import annotations
@@ -27,6 +30,18 @@ __all__ = [
     "http_payload_settings",
     "influxdb_settings",
 ]
+
+
+def flag(variable: str) -> str:
+    """The ``opentelemetry-instrument`` flag of an ``OTEL_`` variable."""
+    return "--" + variable.removeprefix("OTEL_").lower()
+
+
+def _missing(variable: str, fallback: str, what: str) -> ValueError:
+    return ValueError(
+        f"{what} is not set: set ${variable} (opentelemetry-instrument flag {flag(variable)}), "
+        f"or influxdb-client's ${fallback}"
+    )
 
 
 def parse_pairs(text: str, variable: str) -> dict[str, str]:
@@ -91,6 +106,14 @@ def influxdb_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
                 f"got {compression!r}"
             )
         settings["enable_gzip"] = compression.strip().lower() == "gzip"
+    if not settings["url"] and not env.get(names.INFLUXDB_V2_URL):
+        raise _missing(
+            names.OTEL_EXPORTER_INFLUXDB_ENDPOINT, names.INFLUXDB_V2_URL, "the InfluxDB URL"
+        )
+    if not settings["bucket"] and not env.get(names.INFLUXDB_V2_BUCKET):
+        raise _missing(
+            names.OTEL_EXPORTER_INFLUXDB_BUCKET, names.INFLUXDB_V2_BUCKET, "the InfluxDB bucket"
+        )
     return settings
 
 
@@ -113,9 +136,10 @@ def http_payload_settings(environ: Mapping[str, str] | None = None) -> dict[str,
     env = os.environ if environ is None else environ
     url = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT)
     if not url:
+        variable = names.OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT
         raise ValueError(
-            f"${names.OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT} is not set: the HTTP payload "
-            "exporter needs the URL to POST to"
+            f"${variable} (opentelemetry-instrument flag {flag(variable)}) is not set: the "
+            "HTTP payload exporter needs the URL to POST to"
         )
     settings: dict[str, Any] = {"url": url, "payload_generator": json_payload}
     generator = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR)

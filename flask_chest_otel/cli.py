@@ -1,5 +1,6 @@
-"""The ``flask-chest-otel`` command. ``demo`` runs flask-chest's sample app
-in-process, sends it requests, and prints the SLIs read back from the store."""
+"""The flask-chest-otel command. Its demo runs flask-chest's sample app
+in-process, sends it requests, prints the SLIs read back from the embedded
+SQLite chest, and reports what reached every other target it was given."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, TextIO
 from flask import Flask, g, request
 
 from ._chest import Chest
+from ._http import safe_url
 from .decorator import flask_chest
 from .sqlite import FlaskChestSQLite
 
@@ -116,10 +118,49 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         sent[route, method] = sent.get((route, method), 0) + 1
         if show_progress and (number % max(1, args.requests // 60) == 0 or number == args.requests):
             _progress(number, args.requests, out)
-    flushed = all(chest.force_flush(timeout_millis=30_000) for chest in chests)
+    flushed = {chest.name: chest.force_flush(timeout_millis=30_000) for chest in chests}
     for chest in chests:
         chest.shutdown()
-    return _report(args.db, start_ns, sent, flushed, out)
+    status = _report(args.db, start_ns, sent, flushed[sqlite_chest.name], out)
+    for chest in chests[1:]:
+        status |= _report_target(chest, flushed[chest.name], sent, out)
+    return status
+
+
+def _target(chest: Chest) -> str:
+    """Where a chest writes, fit for the terminal: no credentials, no query."""
+    exporter: Any = chest.exporter
+    url = safe_url(exporter.url)
+    bucket = getattr(exporter, "bucket", None)
+    return f"{url} (bucket {bucket})" if bucket else url
+
+
+def _report_target(
+    chest: Chest, flushed: bool, sent: dict[tuple[str, str], int], out: TextIO
+) -> int:
+    """What the server of one extra chest acknowledged: its exporter counts
+    every item the server accepted, refused, or that was lost."""
+    stats = chest.exporter.stats
+    total_requests = sum(sent.values())
+    # Each request is one point per variable (InfluxDB), or one payload (HTTP).
+    expected = (
+        sum(count * (2 if method == "POST" else 1) for (_, method), count in sent.items())
+        if chest.name == "InfluxDB"
+        else total_requests
+    )
+    unit = "points" if chest.name == "InfluxDB" else "payloads"
+    out.write(
+        f"  {chest.name} at {_target(chest)}: {stats.exported} of {expected} {unit} "
+        f"acknowledged by the server, {stats.dropped} refused or lost\n"
+    )
+    if flushed and stats.exported == expected and not stats.dropped:
+        out.write(f"  OK: every request reached {chest.name}\n\n")
+        return 0
+    out.write(
+        f"  MISMATCH: {chest.name} did not acknowledge every request "
+        "(its log lines above say why)\n\n"
+    )
+    return 1
 
 
 def _report(
@@ -177,21 +218,41 @@ def _report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flask-chest-otel", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="flask-chest-otel",
+        description="flask_chest_otel's command line. 'flask-chest-otel demo' runs "
+        "flask-chest's sample app and prints its SLIs.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("demo", help="run flask-chest's sample app and print its SLIs")
-    run.add_argument("-n", "--requests", type=int, default=500, help="requests to send (500)")
-    run.add_argument("--db", default="flask_chest_demo.sqlite3", help="SQLite file to write")
-    run.add_argument("--seed", type=int, default=None, help="seed of the request mix")
+    run = commands.add_parser(
+        "demo",
+        help="run flask-chest's sample app and print its SLIs",
+        description="Runs flask-chest's sample app in-process on the embedded SQLite chest, "
+        "sends it requests, prints the SLIs read back from SQLite, and reports what every "
+        "other target given (InfluxDB, an HTTP endpoint) acknowledged. Exit status 0 when "
+        "every request reached every target.",
+    )
+    run.add_argument("-n", "--requests", type=int, default=500,
+                     help="requests to send (default: 500)")
+    run.add_argument("--db", default="flask_chest_demo.sqlite3",
+                     help="SQLite file to write (default: flask_chest_demo.sqlite3)")
+    run.add_argument("--seed", type=int, default=None,
+                     help="seed of the request mix (default: random)")
     run.add_argument("--progress", action="store_true", help="show progress even when piped")
     env = os.environ.get
-    run.add_argument("--influxdb-url", default=env("INFLUXDB_V2_URL"),
-                     help="also write to InfluxDB 2.x at this URL (env INFLUXDB_V2_URL)")
-    run.add_argument("--influxdb-token", default=env("INFLUXDB_V2_TOKEN"))
-    run.add_argument("--influxdb-org", default=env("INFLUXDB_V2_ORG", "my-org"))
-    run.add_argument("--influxdb-bucket", default=env("INFLUXDB_V2_BUCKET", "my-bucket"))
-    run.add_argument("--http-url", default=env("FLASK_CHEST_DEMO_HTTP_URL"),
-                     help="also POST payloads to this URL (env FLASK_CHEST_DEMO_HTTP_URL)")
+    influxdb = run.add_argument_group("InfluxDB 2.x target (optional)")
+    influxdb.add_argument("--influxdb-url", default=env("INFLUXDB_V2_URL"),
+                          help="also write to InfluxDB at this URL (env INFLUXDB_V2_URL)")
+    influxdb.add_argument("--influxdb-token", default=env("INFLUXDB_V2_TOKEN"),
+                          help="API token (env INFLUXDB_V2_TOKEN; never printed)")
+    influxdb.add_argument("--influxdb-org", default=env("INFLUXDB_V2_ORG", "my-org"),
+                          help="organisation (env INFLUXDB_V2_ORG, else my-org)")
+    influxdb.add_argument("--influxdb-bucket", default=env("INFLUXDB_V2_BUCKET", "my-bucket"),
+                          help="bucket (env INFLUXDB_V2_BUCKET, else my-bucket)")
+    http = run.add_argument_group("HTTP target (optional)")
+    http.add_argument("--http-url", default=env("FLASK_CHEST_DEMO_HTTP_URL"),
+                      help="also POST each request's payload to this URL; shown without its "
+                      "query or credentials (env FLASK_CHEST_DEMO_HTTP_URL)")
     args = parser.parse_args(argv)
     if args.requests < 1:
         parser.error("--requests must be at least 1")

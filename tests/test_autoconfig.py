@@ -88,7 +88,30 @@ def test_a_malformed_variable_fails_at_start_naming_it(
     variable: str, value: str, message: str
 ) -> None:
     with pytest.raises(ValueError, match=rf"\${variable}: {message}"):
-        influxdb_settings({variable: value})
+        influxdb_settings({variable: value, **_REQUIRED})
+
+
+_REQUIRED = {"OTEL_EXPORTER_INFLUXDB_ENDPOINT": "http://db:8086",
+             "OTEL_EXPORTER_INFLUXDB_BUCKET": "slis"}
+
+
+@pytest.mark.parametrize(
+    "environ, variable, flag, fallback",
+    [
+        ({}, "OTEL_EXPORTER_INFLUXDB_ENDPOINT", "--exporter_influxdb_endpoint", "INFLUXDB_V2_URL"),
+        ({"INFLUXDB_V2_URL": "http://db:8086"}, "OTEL_EXPORTER_INFLUXDB_BUCKET",
+         "--exporter_influxdb_bucket", "INFLUXDB_V2_BUCKET"),
+    ],
+)  # fmt: skip
+def test_a_missing_setting_names_the_otel_variable_its_flag_and_the_fallback(
+    environ: dict[str, str], variable: str, flag: str, fallback: str
+) -> None:
+    with pytest.raises(ValueError) as raised:
+        influxdb_settings(environ)
+    message = str(raised.value)
+    assert f"${variable}" in message
+    assert f"flag {flag}" in message
+    assert f"${fallback}" in message
 
 
 def test_http_payload_settings_import_the_generator_and_need_an_endpoint() -> None:
@@ -107,7 +130,11 @@ def test_http_payload_settings_import_the_generator_and_need_an_endpoint() -> No
     assert http_payload_settings({"OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT": "http://x"})[
         "payload_generator"
     ] is json_payload
-    with pytest.raises(ValueError, match="OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT is not set"):
+    with pytest.raises(
+        ValueError,
+        match=r"OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT \(opentelemetry-instrument flag "
+        r"--exporter_http_payload_endpoint\) is not set",
+    ):
         http_payload_settings({})
     with pytest.raises(ValueError, match="cannot import"):
         http_payload_settings(
@@ -166,3 +193,33 @@ def test_opentelemetry_instrument_exports_flask_metrics_to_the_real_server(
     labels = series[0]["metric"]
     assert labels["service.name"] == "autoconfig-test"
     assert labels["http.route"] == "/hello"
+
+
+def test_a_misconfigured_opentelemetry_instrument_run_says_what_to_set_and_serves_on() -> None:
+    """The OTel distro catches a configurator error: the app serves on without
+    metrics (documented in docs/otel_setup.md), and the log it prints names the
+    variable and the flag to set."""
+    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "INFLUXDB_V2_"))
+    }
+    completed = subprocess.run(
+        [
+            str(instrument),
+            "--metrics_exporter", "influxdb",
+            "--traces_exporter", "none",
+            "--logs_exporter", "none",
+            sys.executable, "tests/apps/instrumented_app.py", "3",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "Configuration of configurator failed" in completed.stderr
+    assert "$OTEL_EXPORTER_INFLUXDB_ENDPOINT" in completed.stderr
+    assert "flag --exporter_influxdb_endpoint" in completed.stderr
