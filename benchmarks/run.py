@@ -250,6 +250,46 @@ def scaling_rows(result: dict[str, Any]) -> list[Row]:
 HEADER: Row = ("section", "measurement", "value", "compared with", "ratio", "target", "verdict")
 
 
+def load_rows(results: dict[str, Any]) -> list[Row]:
+    """gunicorn sync -w 2 + wrk: each variant against prometheus-flask-exporter
+    (targets of issue 15 for our modes: req/s >= 0.9x, p99 <= 1.5x)."""
+    base = results["prometheus"]
+    rows: list[Row] = []
+
+    def spread(stat: dict[str, float], digits: int) -> str:
+        return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+    for name, result in results.items():
+        ours = name in ("sqlite", "batched", "per_request", "otel_chest")
+        delivered = result.get("delivered")
+        complete = delivered is None or all(
+            count >= result["served"] for count in delivered.values()
+        )
+        for key, label, digits, target in (
+            ("rps", "req/s", 0, 0.9),
+            ("p99_ms", "p99 ms", 2, 1.5),
+            ("cpu_us_per_request", "worker CPU us/request", 0, None),
+        ):
+            ratio = result[key]["median"] / base[key]["median"]
+            verdict = ""
+            if ours and target is not None:
+                met = ratio >= target if key == "rps" else ratio <= target
+                verdict = _verdict(met and complete)
+            rows.append((
+                "load: gunicorn -w 2 + wrk", f"{name}: {label}", spread(result[key], digits),
+                "prometheus-flask-exporter", f"{ratio:.2f}x",
+                (f">= {target}x" if key == "rps" else f"<= {target}x") if ours and target else "",
+                verdict,
+            ))  # fmt: skip
+        if delivered is not None:
+            rows.append((
+                "load: gunicorn -w 2 + wrk", f"{name}: delivered",
+                ", ".join(f"{target} {count}" for target, count in delivered.items()),
+                f"{result['served']} served", "", "all", _verdict(complete),
+            ))  # fmt: skip
+    return rows
+
+
 def table(rows: list[Row]) -> str:
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
 
@@ -292,8 +332,11 @@ def main() -> None:
     writer_text = _optional("bench_http_writer.py", "--requests", "500" if quick else "2000")
     results["http_writer"] = writer_text
     step("http_writer")
+    results["load"] = _json("bench_load.py", "--json", *quick)
+    step("load")
 
     rows += overhead_rows(results["overhead"])
+    rows += load_rows(results["load"])
     rows += _parsed(influx_rows, influx_text, "export: InfluxDB", "bench_influxdb.py")
     rows += _parsed(http_writer_rows, writer_text, "export: HTTP writer", "bench_http_writer.py")
     rows += memory_rows(results["memory"])

@@ -1,0 +1,378 @@
+"""Under real load: gunicorn sync workers (``-w 2``) behind wrk (POST, 4
+connections), for the peers and every mode of ours, in interleaved rounds.
+
+Per variant: requests/s, p50 and p99 latency (wrk), the total CPU of the
+worker processes per request served (every thread: request handling and
+background export, read from /proc after the workers went idle again, so a
+backlog drained after the run is counted), and the points delivered against
+the requests served (read back from VictoriaMetrics, the HTTP sink and the
+SQLite files at the end). Medians over rounds with min-max spread; ratios
+against prometheus-flask-exporter from the same rounds.
+
+Variants: ``plain`` (no instrumentation), ``prometheus``
+(prometheus-flask-exporter), ``otel`` (opentelemetry-instrumentation-flask
+with an SDK reader), ``flask_chest_0010`` (flask-chest 0.0.10 from PyPI, an
+InfluxDB chest and a custom writer, written in the request), and ours:
+``sqlite`` (the embedded default), ``batched`` (InfluxDB + custom writer
+posting one payload per export), ``per_request`` (InfluxDB + custom writer
+posting once per request, the sample usage's default).
+
+    python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _common import ROOT, cust_payload_generator, sample_view, victoria_metrics  # noqa: E402
+from flask import Flask  # noqa: E402
+
+from tests.http_sink import HTTPSink  # noqa: E402
+from tests.servers import free_port, stop_process  # noqa: E402
+
+VARIANTS = ["plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request"]
+#: Variants that deliver points, and where to (for the read-back).
+DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request"}
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
+
+
+# -- the app of each variant (built inside each gunicorn worker) ---------------
+
+
+def app_from_env() -> Flask:
+    """gunicorn's app: the variant named by $BENCH_VARIANT."""
+    variant = os.environ["BENCH_VARIANT"]
+    influx_url = os.environ.get("BENCH_INFLUX_URL", "")
+    sink_url = os.environ.get("BENCH_SINK_URL", "")
+    app = Flask(f"bench_load_{variant}")
+    view = sample_view(["transaction", "response_time"])
+    tags = {"app": variant}
+    if variant == "prometheus":
+        from prometheus_flask_exporter import PrometheusMetrics
+
+        PrometheusMetrics(app)
+    elif variant == "otel":
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+
+        FlaskInstrumentor.instrument_app(
+            app,
+            meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+            tracer_provider=TracerProvider(),
+        )
+    elif variant == "flask_chest_0010":
+        from flask_chest import FlaskChestCustomWriter as OldWriter
+        from flask_chest import FlaskChestInfluxDB as OldInfluxDB
+        from flask_chest.decorator import flask_chest as old_flask_chest
+
+        parts = urllib.parse.urlsplit(influx_url)
+        chests = [
+            OldInfluxDB(app, host=parts.hostname, port=parts.port, token="t", org="o",
+                        bucket="b", custom_tags=tags),
+            OldWriter(name="SignalFX", url=f"{sink_url}/{variant}",
+                      payload_generator=cust_payload_generator, verify=False,
+                      success_status_codes=[200, 201], logger=_quiet_logger()),
+        ]  # fmt: skip
+        view = old_flask_chest(chests=chests, tracked_vars=TRACKED)(view)
+    elif variant in ("sqlite", "batched", "per_request"):
+        from flask_chest_otel import (
+            FlaskChestCustomWriter,
+            FlaskChestInfluxDB,
+            FlaskChestSQLite,
+            flask_chest,
+        )
+
+        chests: list[Any]
+        if variant == "sqlite":
+            chests = [FlaskChestSQLite(db_uri=os.environ["BENCH_SQLITE"])]
+        else:
+            chests = [
+                FlaskChestInfluxDB(name="InfluxDB", url=influx_url, token="t", org="o",
+                                   bucket="b", custom_tags=tags),
+                FlaskChestCustomWriter(name="SignalFX", url=f"{sink_url}/{variant}",
+                                       payload_generator=cust_payload_generator, verify=False,
+                                       success_status_codes=[200, 201],
+                                       per_request=variant == "per_request"),
+            ]  # fmt: skip
+        view = flask_chest(chests=chests, tracked_vars=TRACKED)(view)
+    elif variant != "plain":
+        raise ValueError(f"unknown variant {variant!r}")
+    view.__name__ = "index"
+    app.add_url_rule("/", "index", view, methods=["GET", "POST"])
+    return app
+
+
+def _quiet_logger() -> Any:
+    import logging
+
+    logger = logging.getLogger("bench_load.flask_chest_0010")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+# -- processes ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gunicorn(variant: str, env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """``variant`` under gunicorn sync ``-w 2``; yields (URL, master pid)."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync",
+         "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+         "--chdir", str(HERE), "bench_load:app_from_env()"],
+        env={**os.environ, **env, "BENCH_VARIANT": variant}, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while len(_workers(process.pid)) < 2 or not _answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bench_load: gunicorn ({variant}) did not start")
+            time.sleep(0.2)
+        yield url, process.pid
+    finally:
+        stop_process(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+        return True
+    except OSError:
+        return False
+
+
+def _workers(master: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(pid) for pid in children]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the processes, all their threads."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICK
+
+
+def _settled_cpu(pids: list[int], limit: float = 60.0) -> float:
+    """The workers' CPU once they are idle again (background export done)."""
+    deadline = time.monotonic() + limit
+    previous = _cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = _cpu_seconds(pids)
+        if current - previous <= 0.01:  # under 2% of one core over 0.5 s
+            return current
+        previous = current
+    return previous
+
+
+# -- wrk -------------------------------------------------------------------------
+
+
+def wrk(url: str, seconds: float) -> dict[str, float]:
+    """One wrk run (1 thread, 4 connections, POST): req/s, p50/p99 ms, requests."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write('wrk.method = "POST"\n')
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", "-c4", f"-d{seconds:.0f}s", "--latency", "-s", script.name, url],
+            capture_output=True, text=True, timeout=seconds + 60, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script.name)
+    if re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        raise RuntimeError(f"bench_load: error responses from {url}:\n{out}")
+    return {
+        "rps": float(_find(r"Requests/sec:\s+([\d.]+)", out)),
+        "requests": float(_find(r"(\d+) requests in", out)),
+        "p50_ms": _latency(out, "50%"),
+        "p99_ms": _latency(out, "99%"),
+    }
+
+
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"bench_load: {pattern!r} not in wrk output:\n{text}")
+    return match.group(1)
+
+
+def _latency(out: str, label: str) -> float:
+    match = re.search(rf"^\s*{re.escape(label)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if match is None:
+        raise RuntimeError(f"bench_load: no {label} latency in wrk output:\n{out}")
+    return float(match.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[match.group(2)]
+
+
+# -- read-back -------------------------------------------------------------------
+
+
+def _sink_request_ids(sink: HTTPSink, path: str) -> set[str]:
+    """Request IDs in the bodies POSTed to ``path``: JSON ``{i: [name, value,
+    id]}`` (ours) or the same form-encoded (flask-chest 0.0.10)."""
+    ids: set[str] = set()
+    for posted in sink.posts(path):
+        try:
+            payload = json.loads(posted.body)
+            items = payload.values() if isinstance(payload, dict) else payload
+        except ValueError:
+            items = urllib.parse.parse_qs(posted.body.decode()).values()
+        ids.update(str(item[2]) for item in items if isinstance(item, list) and len(item) == 3)
+    return ids
+
+
+def _vm_request_ids(influx_url: str, variant: str) -> set[str]:
+    urllib.request.urlopen(f"{influx_url}/internal/force_flush", timeout=10).read()
+    query = urllib.parse.urlencode({
+        "match[]": f'{{__name__="transaction_value",app="{variant}"}}',
+        "start": "0", "end": "4102444800",
+    })  # fmt: skip
+    with urllib.request.urlopen(f"{influx_url}/api/v1/export?{query}", timeout=60) as answer:
+        return {json.loads(line)["metric"]["request_id"] for line in answer if line.strip()}
+
+
+def _sqlite_request_ids(path: str) -> set[str]:
+    connection = sqlite3.connect(path)
+    try:
+        return {row[0] for row in connection.execute(
+            "SELECT DISTINCT request_id FROM flask_chest WHERE name = 'transaction'"
+        )}  # fmt: skip
+    finally:
+        connection.close()
+
+
+def delivered(variant: str, influx_url: str, sink: HTTPSink, sqlite_path: str) -> dict[str, int]:
+    """Distinct request IDs each target of ``variant`` holds."""
+    if variant == "sqlite":
+        return {"SQLite": len(_sqlite_request_ids(sqlite_path))}
+    return {
+        "InfluxDB": len(_vm_request_ids(influx_url, variant)),
+        "HTTP": len(_sink_request_ids(sink, f"/{variant}")),
+    }
+
+
+# -- the run ---------------------------------------------------------------------
+
+
+def run(rounds: int, seconds: float, variants: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {name: {"runs": []} for name in variants}
+    served = dict.fromkeys(variants, 0)
+    with (
+        victoria_metrics() as influx_url,
+        HTTPSink() as sink,
+        tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        sqlite_path = str(Path(tmp) / "chest.sqlite3")
+        env = {"BENCH_INFLUX_URL": influx_url, "BENCH_SINK_URL": sink.url,
+               "BENCH_SQLITE": sqlite_path, "PYTHONPATH": str(ROOT)}  # fmt: skip
+        servers = {name: stack.enter_context(gunicorn(name, env)) for name in variants}
+        for name, (url, _) in servers.items():
+            served[name] += int(wrk(url, 1)["requests"])  # warm-up, counted as served
+        order = list(variants)
+        rng = random.Random(1)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for name in order:
+                url, master = servers[name]
+                pids = _workers(master)
+                before = _settled_cpu(pids)
+                measured = wrk(url, seconds)
+                after = _settled_cpu(pids)
+                measured["cpu_us_per_request"] = (after - before) / measured["requests"] * 1e6
+                served[name] += int(measured["requests"])
+                results[name]["runs"].append(measured)
+        for name in variants:
+            results[name]["served"] = served[name]
+            if name in DELIVERING:
+                deadline = time.monotonic() + 120
+                while True:
+                    got = delivered(name, influx_url, sink, sqlite_path)
+                    if all(count >= served[name] for count in got.values()):
+                        break
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(1)
+                results[name]["delivered"] = got
+    for name in variants:
+        runs = results[name]["runs"]
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request"):
+            values = [run[key] for run in runs]
+            results[name][key] = {
+                "median": statistics.median(values), "min": min(values), "max": max(values)
+            }  # fmt: skip
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    base = results.get("prometheus")
+    lines = [
+        f"{'variant':<18} {'req/s':>16} {'p50 ms':>14} {'p99 ms':>16} {'CPU us/req':>18}"
+        f" {'vs prometheus (req/s, p99, CPU)':>32}  delivered/served"
+    ]
+    for name, result in results.items():
+        cells = []
+        for key, digits in (("rps", 0), ("p50_ms", 2), ("p99_ms", 2), ("cpu_us_per_request", 0)):
+            stat = result[key]
+            cells.append(f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-"
+                         f"{stat['max']:.{digits}f})")  # fmt: skip
+        ratios = "-"
+        if base is not None and name != "prometheus":
+            ratios = ", ".join(
+                f"{result[key]['median'] / base[key]['median']:.2f}x"
+                for key in ("rps", "p99_ms", "cpu_us_per_request")
+            )
+        got = result.get("delivered")
+        delivery = (
+            ", ".join(f"{target} {count}/{result['served']}" for target, count in got.items())
+            if got else "-"
+        )
+        lines.append(f"{name:<18} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
+                     f" {ratios:>32}  {delivery}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
+    results = run(rounds, seconds, args.variants.split(","))
+    print(json.dumps(results) if args.json else table(results))
+
+
+if __name__ == "__main__":
+    main()
