@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -43,6 +44,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from flask_chest_otel import _otel2influx
+from flask_chest_otel._delivery import RateLimitedLog
 from flask_chest_otel._line_protocol import LineEncoder
 from flask_chest_otel._otel2influx import attribute_text
 from flask_chest_otel._schema import Schema, rows
@@ -279,37 +281,37 @@ VECTORS: list[Vector] = [
     Vector("v1_gauge", V1, lambda: gauge("container.name"), V1_GAUGE_POINTS, V1_GAUGE_LINES),
     *(
         Vector(f"v1_gaugeFromSum[{kind}]", V1,
-               lambda t=t, m=m: gauge_from_sum("container.name", t, m),
+               partial(gauge_from_sum, "container.name", t, m),
                V1_GAUGE_POINTS, V1_GAUGE_LINES)
         for kind, t, m in _SUM_KINDS
     ),
     Vector("v1_sum", V1, lambda: counter("container.name"), V1_SUM_POINTS, V1_SUM_LINES),
     *(
-        Vector(f"v1_histogram[{kind}]", V1, lambda t=t: histogram("container.name", t, True),
+        Vector(f"v1_histogram[{kind}]", V1, partial(histogram, "container.name", t, True),
                V1_HISTOGRAM_POINTS, V1_HISTOGRAM_LINES)
         for kind, t in _TEMPORALITIES
     ),
     *(
         Vector(f"v1_histogram_missingInfinityBucket[{kind}]", V1,
-               lambda t=t: histogram("container.name", t, False),
+               partial(histogram, "container.name", t, False),
                V1_HISTOGRAM_NO_INF_POINTS, V1_HISTOGRAM_NO_INF_LINES)
         for kind, t in _TEMPORALITIES
     ),
     Vector("v2_gauge", V2, lambda: gauge("node"), V2_GAUGE_POINTS, V2_GAUGE_LINES),
     *(
-        Vector(f"v2_gaugeFromSum[{kind}]", V2, lambda t=t, m=m: gauge_from_sum("node", t, m),
+        Vector(f"v2_gaugeFromSum[{kind}]", V2, partial(gauge_from_sum, "node", t, m),
                V2_GAUGE_POINTS, V2_GAUGE_LINES)
         for kind, t, m in _SUM_KINDS
     ),
     Vector("v2_sum", V2, lambda: counter("node"), V2_SUM_POINTS, V2_SUM_LINES),
     *(
-        Vector(f"v2_histogram[{kind}]", V2, lambda t=t: histogram("node", t, True),
+        Vector(f"v2_histogram[{kind}]", V2, partial(histogram, "node", t, True),
                v2_histogram_points(True), v2_histogram_lines(True))
         for kind, t in _TEMPORALITIES
     ),
     *(
         Vector(f"v2_histogram_missingInfinityBucket[{kind}]", V2,
-               lambda t=t: histogram("node", t, False),
+               partial(histogram, "node", t, False),
                v2_histogram_points(False), v2_histogram_lines(False))
         for kind, t in _TEMPORALITIES
     ),
@@ -464,7 +466,8 @@ def test_empty_scope_name_and_version_give_no_library_tags() -> None:
         ((1.0, float("nan")), ""),
         (("<a&b>", 'q"\\', "\n\t\x01\x08\x0c", "\u2028é"),
          '["\\u003ca\\u0026b\\u003e","q\\"\\\\","\\n\\t\\u0001\\b\\f","\\u2028é"]'),
-        ({"b": 1, "a": [1.5, "x"], "c": None, "d": b"hi"}, '{"a":[1.5,"x"],"b":1,"c":null,"d":"aGk="}'),
+        ({"b": 1, "a": [1.5, "x"], "c": None, "d": b"hi"},
+         '{"a":[1.5,"x"],"b":1,"c":null,"d":"aGk="}'),
         (None, ""),
     ],
     ids=repr,
@@ -595,8 +598,8 @@ def test_refusals_are_logged_rate_limited_by_default(
 ) -> None:
     """With no hook: one warning on ``flask_chest_otel`` names the metric and
     the reason; repeats within the minute are counted, not logged."""
-    monkeypatch.setattr(_otel2influx, "_refusal_log", _otel2influx.RateLimitedLog(
-        logging.getLogger("flask_chest_otel")))
+    fresh = RateLimitedLog(logging.getLogger("flask_chest_otel"))
+    monkeypatch.setattr(_otel2influx, "_refusal_log", fresh)
     with caplog.at_level(logging.WARNING, logger="flask_chest_otel"):
         for _ in range(3):
             encode(refused_batch(), V1)
