@@ -606,3 +606,28 @@ def test_refusals_are_logged_rate_limited_by_default(
     records = [r for r in caplog.records if r.name == "flask_chest_otel"]
     assert len(records) == 1
     assert "'g'" in records[0].getMessage() and "no timestamp" in records[0].getMessage()
+
+
+def test_influxdb_exporter_writes_the_rest_of_a_batch_with_refused_points(
+    influxd: InfluxDB1, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real exporter to InfluxDB 1.6: the refused points are
+    logged, every other point of the batch is stored."""
+    from flask_chest_otel import InfluxDBMetricExporter
+
+    fresh = RateLimitedLog(logging.getLogger("flask_chest_otel"))
+    monkeypatch.setattr(_otel2influx, "_refusal_log", fresh)
+    influxd.create_database("refused")
+    exporter = InfluxDBMetricExporter(url=influxd.url, database="refused")
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_chest_otel"):
+            exporter.export(refused_batch())
+            assert exporter.force_flush(10_000)
+    finally:
+        exporter.shutdown(timeout_millis=5_000)
+    assert exporter.stats.exported == 2
+    stored = {series["name"]: series for series in influxd.series("refused")}
+    assert sorted(stored) == ["g", "h"]
+    assert stored["g"]["tags"] == {"k": "good", "otel.library.name": "lib"}
+    assert [row[0] for row in stored["g"]["values"]] == [T]
+    assert any("not written" in record.getMessage() for record in caplog.records)
