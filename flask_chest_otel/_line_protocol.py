@@ -20,6 +20,16 @@ equals sign and space; string field values: double quote and backslash):
   these; InfluxDB stores such names with the backslash doubled (``a\\\\,b``)
   and the trailing case as ``a\\\\ ``, VictoriaMetrics as given. Text without
   that sequence round-trips exactly.
+- A field key's backslashes right before a double quote get one more
+  backslash: InfluxDB 1.x unescapes ``\\"`` in field keys (not in tag keys)
+  and would store the key ``a\\"b`` as ``a"b``; written ``a\\\\"b`` it
+  stores ``a\\"b``, as VictoriaMetrics does, so every field key round-trips.
+  In a measurement InfluxDB 1.6 also reads ``\\"`` as ``"``, and a name
+  written with two or more backslashes before a quote is stored but can no
+  longer be queried; so there a run of backslashes before a double quote is
+  written as one backslash: ``a\\"b`` and ``a\\\\"b`` are both stored as
+  ``a"b`` by InfluxDB and as ``a\\"b`` by VictoriaMetrics (the one mapping
+  that merges names, only names with a backslash before a quote).
 - A measurement starting with ``#`` is written ``\\#...``: a line starting
   with ``#`` is a comment, silently dropped by the server.
 - Tag and field keys InfluxDB refuses (``time``; ``_field`` and
@@ -53,6 +63,7 @@ _STRING = str.maketrans({'"': '\\"', "\\": "\\\\", **_CONTROL})
 # special characters first is several times faster on the usual clean text.
 _KEY_SPECIAL = re.compile(r"[,= \n\r\t\x00\\]").search
 _AMBIGUOUS_BACKSLASHES = re.compile(r"\\+(?=[,= ]|$)")
+_BACKSLASHES_BEFORE_QUOTE = re.compile(r'\\+(?=")')
 _STRING_SPECIAL = re.compile(r'["\\\n\r\t\x00]').search
 
 _RESERVED_KEYS = frozenset({"time", "_field", "_measurement"})
@@ -74,6 +85,8 @@ def _escape(text: str, table: dict[int, str]) -> str:
 
 def escape_measurement(name: str) -> str:
     escaped = _escape(name, _MEASUREMENT)
+    if '\\"' in escaped:
+        escaped = _BACKSLASHES_BEFORE_QUOTE.sub("\\\\", escaped)
     return "\\" + escaped if escaped.startswith("#") else escaped
 
 
@@ -82,6 +95,18 @@ def escape_key(key: str) -> str:
     if key in _RESERVED_KEYS:
         key += "_"
     return _escape(key, _KEY)
+
+
+def escape_field_key(key: str) -> str:
+    """A field key: as a tag key, plus one backslash before a double quote."""
+    escaped = escape_key(key)
+    if '\\"' in escaped:
+        escaped = _BACKSLASHES_BEFORE_QUOTE.sub(_one_more, escaped)
+    return escaped
+
+
+def _one_more(match: re.Match[str]) -> str:
+    return match.group() + "\\"
 
 
 def escape_tag_value(value: str) -> str:
@@ -134,11 +159,10 @@ class LineEncoder:
     """
 
     def __init__(self, default_tags: Mapping[str, str] | None = None) -> None:
-        self.default_tags = {
-            str(key): str(value) for key, value in (default_tags or {}).items()
-        }
+        self.default_tags = {str(key): str(value) for key, value in (default_tags or {}).items()}
         self._measurements: dict[str, str] = {}
         self._keys: dict[str, str] = {}
+        self._field_keys: dict[str, str] = {}
         # (variable, method, route) -> (text before the request ID, text after it)
         self._series: dict[tuple[str, str, str], tuple[str, str] | None] = {}
 
@@ -156,6 +180,14 @@ class LineEncoder:
             if len(self._keys) >= _CACHE_LIMIT:
                 self._keys.clear()
             cached = self._keys[key] = escape_key(key)
+        return cached
+
+    def _field_key(self, key: str) -> str:
+        cached = self._field_keys.get(key)
+        if cached is None:
+            if len(self._field_keys) >= _CACHE_LIMIT:
+                self._field_keys.clear()
+            cached = self._field_keys[key] = escape_field_key(key)
         return cached
 
     def line(
@@ -184,7 +216,7 @@ class LineEncoder:
             text = format_field(field_value)
             if text is None:
                 continue
-            parts.append(f"{separator}{key(field_key)}={text}")
+            parts.append(f"{separator}{self._field_key(field_key)}={text}")
             separator = ","
         if separator == " ":
             return None

@@ -59,6 +59,9 @@ GOLDEN: list[tuple[str, str, dict[str, str], dict[str, FieldValue], str | None]]
     ("inner backslash kept", "m\\x", {"k\\x": "v\\x"}, {"f\\x": 1.0}, "m\\x,k\\x=v\\x f\\x=1"),
     ("quotes in tag kept", "m", {"k": '"q"'}, {"v": 1.0}, 'm,k="q" v=1'),
     ("field key escapes", "m", {}, {"a b,c=d": 1.0}, "m a\\ b\\,c\\=d=1"),
+    ("field key backslash quote", "m", {'k\\"': 'v\\"'}, {'f\\"': 1.0}, 'm,k\\"=v\\" f\\\\"=1'),
+    ("field key backslash run quote", "m", {}, {'f\\\\"': 1.0}, 'm f\\\\\\"=1'),
+    ("measurement backslash run quote", 'm\\\\"x', {}, {"v": 1.0}, 'm\\"x v=1'),
     ("reserved keys renamed", "m", {"time": "x"}, {"time": 1.0}, "m,time_=x time_=1"),
     ("unicode", "温度", {"城市": "北京"}, {"值": 1.0}, "温度,城市=北京 值=1"),
     ("NaN dropped", "m", {}, {"a": math.nan, "b": 1.0}, "m b=1"),
@@ -110,7 +113,8 @@ def test_format_field_rejects_unknown_types() -> None:
 
 # Point differs on purpose where it writes lines InfluxDB misreads or drops:
 # backslashes before a separator or at the end, '#' starting a measurement,
-# NUL, reserved keys, newlines in string fields (kept raw by Point).
+# NUL, reserved keys, newlines in string fields (kept raw by Point), a
+# backslash before a double quote in a measurement or field key.
 # Generated text avoids those; the InfluxDB tests below cover them.
 _AMBIGUOUS = re.compile(r"\\(?=[,= ]|$)")
 
@@ -123,7 +127,7 @@ _plain = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
     max_size=12,
 ).filter(_unambiguous)
-_names = _plain.filter(lambda text: bool(text) and not text.startswith("#"))
+_names = _plain.filter(lambda text: bool(text) and not text.startswith("#") and '\\"' not in text)
 _field_values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -223,6 +227,11 @@ def read_back(value: str) -> str:
     return value.replace("\x00", "\\0")
 
 
+def stored_measurement(name: str) -> str:
+    """InfluxDB 1.6 reads a backslash before a quote in a measurement as an escape."""
+    return re.sub(r'\\+"', '"', read_back(name))
+
+
 def stored_key(key: str) -> str:
     return read_back(key + "_" if key in ("time", "_field", "_measurement") else key)
 
@@ -272,7 +281,7 @@ def test_golden_lines_are_read_back_by_influxdb(influxd: InfluxDB1) -> None:
     for index, (case_id, measurement, tags, fields, _) in enumerate(cases):
         if not _exact(measurement, tags, fields):
             continue
-        stored_tags, stored_fields, time_ns = stored[read_back(f"{index}:{measurement}")]
+        stored_tags, stored_fields, time_ns = stored[stored_measurement(f"{index}:{measurement}")]
         assert time_ns == T, case_id
         assert stored_tags == {stored_key(k): read_back(v) for k, v in tags.items() if k and v}, (
             case_id
@@ -360,7 +369,7 @@ def test_any_text_is_stored_by_influxdb_as_documented(
             if key and value:
                 stored_tags[stored_key(key)] = read_back(value)
         stored_fields = {stored_key(key): string_field(value) for key, value in fields.items()}
-        expected[read_back(name)] = (stored_tags, stored_fields, T + index)
+        expected[stored_measurement(name)] = (stored_tags, stored_fields, T + index)
     status, body = influxd.write(db, "\n".join(lines).encode())
     assert status == 204, body
     assert measurement_prefixes(influxd, db, "_") == {str(i) for i in range(len(rows))}
