@@ -53,6 +53,7 @@ from opentelemetry.sdk.metrics.export import NumberDataPoint
 
 from ._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
 from ._schema import DECORATED_TAGS, FieldValue, decorated_row
+from ._trace import point_trace
 
 _CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\0"}
 _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", **_CONTROL})
@@ -155,10 +156,14 @@ class LineEncoder:
     and repeated on every point); values are escaped each time.
 
     ``default_tags`` are added to every line; a row's own tag of the same key
-    wins.
+    wins. ``request_id_field`` writes a decorated point's request ID as a
+    string field instead of a tag.
     """
 
-    def __init__(self, default_tags: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, default_tags: Mapping[str, str] | None = None, request_id_field: bool = False
+    ) -> None:
+        self.request_id_field = request_id_field
         self.default_tags = {str(key): str(value) for key, value in (default_tags or {}).items()}
         self._measurements: dict[str, str] = {}
         self._keys: dict[str, str] = {}
@@ -228,46 +233,49 @@ class LineEncoder:
         """The lines of a decorated variable's points: the same lines as
         ``line(*decorated_row(...))`` gives, built from a cached series text
         around the request ID when a point carries exactly the decorator's
-        three string attributes (and its index; the common case)."""
+        three string attributes (and its index; the common case) and a
+        finite int or float."""
         series = self._series
         special = _KEY_SPECIAL
+        fast = not self.request_id_field
         for point in points:
             attributes = point.attributes or {}
             request_id = attributes.get(ATTR_REQUEST_ID)
             method = attributes.get(ATTR_METHOD)
             route = attributes.get(ATTR_ROUTE)
             value = point.value
+            kind = type(value)
+            around = None
+            text: str | None = None
             if (
-                (len(attributes) == 3 or (len(attributes) == 4 and ATTR_INDEX in attributes))
+                fast
+                and (len(attributes) == 3 or (len(attributes) == 4 and ATTR_INDEX in attributes))
                 and type(request_id) is str
                 and type(method) is str
                 and type(route) is str
                 and request_id
                 and metric_name
-                and (type(value) is float or type(value) is int)
+                and (kind is float or kind is int)
             ):
-                number = float(value)
-                if number - number != 0.0:  # NaN or an infinity: no field to write
-                    continue
-                cache_key = (metric_name, method, route)
-                if cache_key in series:
-                    around = series[cache_key]
-                else:
-                    around = self._decorated_series(metric_name, method, route)
-                    if len(series) >= _CACHE_LIMIT:
-                        series.clear()
-                    series[cache_key] = around
-            else:
-                around = None
+                text = format_field(value)
+                if text is not None:
+                    cache_key = (metric_name, method, route)
+                    if cache_key in series:
+                        around = series[cache_key]
+                    else:
+                        around = self._decorated_series(metric_name, method, route)
+                        if len(series) >= _CACHE_LIMIT:
+                            series.clear()
+                        series[cache_key] = around
             if around is not None:
-                assert type(request_id) is str  # checked above; for the type checker
+                assert type(request_id) is str and text is not None  # for the type checker
                 escaped = _escape(request_id, _KEY) if special(request_id) else request_id
-                text = repr(number)
-                if text.endswith(".0"):
-                    text = text[:-2]
+                trace = point_trace(point) if point.exemplars else None
+                if trace is not None:
+                    text += f',trace_id="{trace[0]}",span_id="{trace[1]}"'
                 yield f"{around[0]}{escaped}{around[1]}{text} {point.time_unix_nano}"
             else:
-                row = decorated_row(metric_name, point)
+                row = decorated_row(metric_name, point, self.request_id_field)
                 line = self.line(row.measurement, row.tags, row.fields, row.time_unix_nano)
                 if line is not None:
                     yield line
@@ -287,3 +295,134 @@ class LineEncoder:
             return None  # a custom tag holds the marker: no template
         before, after = line.split(marker)
         return before, after[: -len("0")]
+
+
+# -- field type conflicts -------------------------------------------------------
+
+#: Largest integer a float holds exactly: ints beyond it are not converted.
+_EXACT_FLOAT_INT = 2**53
+
+
+def _split_fields(text: str) -> list[str]:
+    """``key=value`` parts of a line's field section (commas inside string
+    fields and escaped ones kept)."""
+    parts, start, i, quoted = [], 0, 0, False
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _series_end(line: str) -> int:
+    """Index of the space ending a line's measurement and tags."""
+    i = 0
+    while i < len(line):
+        char = line[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == " ":
+            return i
+        i += 1
+    return -1
+
+
+def field_type(value: str) -> str:
+    """InfluxDB's name of the type of a written field value."""
+    if value.startswith('"'):
+        return "string"
+    if value.endswith("i"):
+        return "integer"
+    if value.endswith("u"):
+        return "unsigned"
+    if value in ("true", "false", "t", "f", "T", "F", "True", "False", "TRUE", "FALSE"):
+        return "boolean"
+    return "float"
+
+
+def convert_value(value: str, to_type: str) -> str | None:
+    """A written field value converted to ``to_type`` where nothing is lost
+    (an integer as a float up to 2**53; a float with no fraction as an
+    integer), else None."""
+    kind = field_type(value)
+    if kind == to_type:
+        return value
+    if kind == "integer" and to_type == "float":
+        number = int(value[:-1])
+        return str(number) if abs(number) <= _EXACT_FLOAT_INT else None
+    if kind == "float" and to_type == "integer":
+        real = float(value)
+        if math.isfinite(real) and real.is_integer() and _INT64_MIN <= real <= _INT64_MAX:
+            return f"{int(real)}i"
+    return None
+
+
+def measurement_of(line: str) -> str:
+    """The measurement of a line as written (escapes kept)."""
+    end = _series_end(line)
+    series = line[:end] if end >= 0 else line
+    i = 0
+    while i < len(series):
+        if series[i] == "\\":
+            i += 2
+            continue
+        if series[i] == ",":
+            return series[:i]
+        i += 1
+    return series
+
+
+def unescape(text: str) -> str:
+    """A name or key as InfluxDB reports it in messages (escapes removed)."""
+    return re.sub(r"\\(.)", r"\1", text) if "\\" in text else text
+
+
+def retype_field(line: str, field: str, to_type: str) -> tuple[str, str] | None:
+    """(the line with field ``field`` -- as InfluxDB names it, unescaped --
+    converted to ``to_type``, the type it had), the line itself if it has no
+    such field or it already has that type, or None if it cannot be converted
+    without loss."""
+    end = _series_end(line)
+    if end < 0:
+        return line, to_type
+    rest = line[end + 1 :]
+    fields_text, space, timestamp = rest.rpartition(" ")
+    if not space or not timestamp.lstrip("-").isdigit():
+        fields_text, timestamp = rest, ""
+    parts = _split_fields(fields_text)
+    for index, part in enumerate(parts):
+        key, _, value = part.partition("=")
+        while key.endswith("\\") and _:  # an escaped equals sign inside the key
+            more_key, _, value = value.partition("=")
+            key = f"{key}={more_key}"
+        if unescape(key) != field and key != field:
+            continue
+        converted = convert_value(value, to_type)
+        if converted is None:
+            return None
+        kind = field_type(value)
+        if converted == value:
+            return line, kind
+        parts[index] = f"{key}={converted}"
+        tail = f" {timestamp}" if timestamp else ""
+        return f"{line[:end]} {','.join(parts)}{tail}", kind
+    return line, to_type
+
+
+def field_type_of(line: str, field: str) -> str:
+    """The type of field ``field`` in a line, for messages."""
+    end = _series_end(line)
+    for part in _split_fields(line[end + 1 :].rpartition(" ")[0] if end >= 0 else ""):
+        key, _, value = part.partition("=")
+        if unescape(key) == field or key == field:
+            return field_type(value)
+    return "?"

@@ -1,9 +1,10 @@
 """Turns OTel MetricsData into flat rows (measurement, tags, fields, time).
 
 Decorated variables (scope ``flask_chest_otel``) keep flask-chest's layout:
-measurement = variable name, tags request_id/method/route, field ``value``
-(``value_str`` for a non-numeric value, so each field keeps one type), time =
-the request's time.
+measurement = variable name, tags request_id/method/route, field ``value`` in
+the value's own type (``value_str`` for a NaN or infinite float, so ``value``
+keeps one type), string fields ``trace_id``/``span_id`` when traced, time =
+the request's time (see ``decorated_row``).
 
 Every other metric follows otel2influx's ``telegraf-prometheus-v1`` schema
 (the layout of the OpenTelemetry Collector's InfluxDB exporter and of
@@ -74,6 +75,7 @@ from ._names import (
     ATTR_TIME,
     SCOPE_NAME,
 )
+from ._trace import point_trace
 
 FieldValue = float | int | bool | str
 Schema = Literal["telegraf-prometheus-v1", "telegraf-prometheus-v2"]
@@ -123,14 +125,23 @@ def _finite(value: FieldValue) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
-def decorated_row(metric_name: str, point: NumberDataPoint) -> Row:
-    """The row of one decorated variable of one request."""
+def decorated_row(metric_name: str, point: NumberDataPoint, request_id_field: bool = False) -> Row:
+    """The row of one decorated variable of one request.
+
+    Field ``value`` holds the value in its own type (bool, int, float, or the
+    text of a text value), as flask-chest wrote it; a NaN or infinite float,
+    which line protocol cannot carry, is the string field ``value_str``
+    (``"nan"``, ``"inf"``, ``"-inf"``) so the request's point is kept and the
+    ``value`` field keeps one type. The trace link, when the request had a
+    recording span, is the string fields ``trace_id`` and ``span_id``. With
+    ``request_id_field`` the request ID is a field, not a tag.
+    """
     tags: dict[str, str] = {}
     string_value: str | None = None
     time_unix_nano = point.time_unix_nano
     for key, value in (point.attributes or {}).items():
         if key == ATTR_STRING_VALUE:
-            string_value = str(value)
+            string_value = value if type(value) is str else str(value)
         elif key == ATTR_TIME:
             time_unix_nano = int(value)  # type: ignore[arg-type]
         elif key == ATTR_INDEX:
@@ -141,9 +152,18 @@ def decorated_row(metric_name: str, point: NumberDataPoint) -> Row:
             )
     fields: dict[str, FieldValue]
     if string_value is not None:
-        fields = {"value_str": string_value}
+        fields = {"value": string_value}
     else:
-        fields = {"value": float(point.value)}
+        number = point.value
+        if type(number) is float and not math.isfinite(number):
+            fields = {"value_str": repr(number)}
+        else:
+            fields = {"value": number}
+    if request_id_field and "request_id" in tags:
+        fields["request_id"] = tags.pop("request_id")
+    trace = point_trace(point)
+    if trace is not None:
+        fields["trace_id"], fields["span_id"] = trace
     return Row(metric_name, tags, fields, time_unix_nano, True)
 
 
@@ -267,8 +287,9 @@ def metric_rows_v2(metric: Metric, base_tags: Mapping[str, str]) -> Iterator[Row
     if isinstance(data, (Gauge, Sum)):
         for point in data.data_points:
             fields = _start({name: point.value}, point.start_time_unix_nano)
-            yield Row("prometheus", _point_tags(base_tags, point.attributes), fields,
-                      point.time_unix_nano)
+            yield Row(
+                "prometheus", _point_tags(base_tags, point.attributes), fields, point.time_unix_nano
+            )
     elif isinstance(data, (Histogram, ExponentialHistogram)):
         for hpoint in data.data_points:
             tags = _point_tags(base_tags, hpoint.attributes)
@@ -277,11 +298,19 @@ def metric_rows_v2(metric: Metric, base_tags: Mapping[str, str]) -> Iterator[Row
             else:
                 buckets = exponential_buckets(hpoint)
             for bound, cumulative in buckets:
-                yield Row("prometheus", {**tags, "le": bound}, {f"{name}_bucket": cumulative},
-                          hpoint.time_unix_nano)
+                yield Row(
+                    "prometheus",
+                    {**tags, "le": bound},
+                    {f"{name}_bucket": cumulative},
+                    hpoint.time_unix_nano,
+                )
             summary = {f"{name}_{key}": value for key, value in _histogram_summary(hpoint).items()}
-            yield Row("prometheus", tags, _start(dict(summary), hpoint.start_time_unix_nano),
-                      hpoint.time_unix_nano)
+            yield Row(
+                "prometheus",
+                tags,
+                _start(dict(summary), hpoint.start_time_unix_nano),
+                hpoint.time_unix_nano,
+            )
     else:
         raise UnsupportedMetric(f"metric {name!r}: {type(data).__name__} is not supported")
 
