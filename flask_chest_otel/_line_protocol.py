@@ -11,27 +11,28 @@ equals sign and space; string field values: double quote and backslash):
   character is taken for a separator (InfluxDB skips a NUL at the start of a
   field key, and tabs like spaces); also inside string fields,
   where line protocol would allow a raw newline but line-splitting readers
-  (VictoriaMetrics, log shippers) would not.
-- A backslash is ambiguous right before a comma, space or equals sign, or
-  at the end (InfluxDB reads tags and field keys with different rules, and
-  an unlucky backslash escapes the separator after it). There the run of
-  backslashes is written doubled, and a trailing one also gets an escaped space: ``a\\,b`` gives
-  ``a\\\\\\,b``, ``a\\`` gives ``a\\\\\\ ``. Every InfluxDB parser accepts
-  these; InfluxDB stores such names with the backslash doubled (``a\\\\,b``)
-  and the trailing case as ``a\\\\ ``, VictoriaMetrics as given. Text without
-  that sequence round-trips exactly.
-- A field key's backslashes right before a double quote get one more
+  (VictoriaMetrics, log shippers) would not. (So a name holding a newline
+  is stored as the one holding a backslash and ``n``.)
+- A backslash means different things to different readers where it is
+  next to another backslash, before a separator (comma, space, equals sign;
+  in a measurement also a double quote), before a character written as an
+  escape (newline...), or at the end: InfluxDB 1.6 stores such a measurement
+  with no queryable field, reads ``\\=`` and ``\\"`` as escapes in some
+  places and not in others, and VictoriaMetrics collapses ``\\\\`` to one
+  backslash, so distinct names would merge. There each backslash is written
+  as ``⧵`` (U+29F5, REVERSE SOLIDUS OPERATOR): ``a\\`` is stored as ``a⧵``,
+  ``a\\,b`` as ``a⧵,b``, ``a\\\\b`` as ``a⧵⧵b`` -- the same by InfluxDB 1.6
+  and VictoriaMetrics, every point queryable, distinct names distinct (unless
+  one already holds ``⧵`` where the other holds a backslash). A measurement
+  starting with a backslash before ``#`` is written with ``⧵`` too. Any other
+  backslash (``a\\b``) round-trips exactly.
+- A field key's lone backslash right before a double quote gets one more
   backslash: InfluxDB 1.x unescapes ``\\"`` in field keys (not in tag keys)
   and would store the key ``a\\"b`` as ``a"b``; written ``a\\\\"b`` it
-  stores ``a\\"b``, as VictoriaMetrics does, so every field key round-trips.
-  In a measurement InfluxDB 1.6 also reads ``\\"`` as ``"``, and a name
-  written with two or more backslashes before a quote is stored but can no
-  longer be queried; so there a run of backslashes before a double quote is
-  written as one backslash: ``a\\"b`` and ``a\\\\"b`` are both stored as
-  ``a"b`` by InfluxDB and as ``a\\"b`` by VictoriaMetrics (the one mapping
-  that merges names, only names with a backslash before a quote).
-- A measurement starting with ``#`` is written ``\\#...``: a line starting
-  with ``#`` is a comment, silently dropped by the server.
+  stores ``a\\"b``, as VictoriaMetrics does.
+- A measurement starting with ``#`` is written ``\\#...`` (a line starting
+  with ``#`` is a comment, silently dropped by the server); both servers
+  store it as ``\\#...``.
 - Tag and field keys InfluxDB refuses (``time``; ``_field`` and
   ``_measurement`` in 2.x) get a trailing underscore (``time_``).
 - Empty tag keys and values are left out; so are empty field keys, NaN and
@@ -63,8 +64,11 @@ _STRING = str.maketrans({'"': '\\"', "\\": "\\\\", **_CONTROL})
 # str.translate looks every character up in a dict: testing for the few
 # special characters first is several times faster on the usual clean text.
 _KEY_SPECIAL = re.compile(r"[,= \n\r\t\x00\\]").search
-_AMBIGUOUS_BACKSLASHES = re.compile(r"\\+(?=[,= ]|$)")
-_BACKSLASHES_BEFORE_QUOTE = re.compile(r'\\+(?=")')
+#: Written instead of a backslash no escaping carries the same to every reader.
+SUBSTITUTE = "\u29f5"  # REVERSE SOLIDUS OPERATOR
+_AMBIGUOUS_BACKSLASHES = re.compile(r"\\{2,}|\\+(?=[,= \n\r\t\x00]|$)")
+_MEASUREMENT_AMBIGUOUS = re.compile(r'\\{2,}|\\+(?=[,= "\n\r\t\x00]|$)|^\\+(?=#)')
+_BACKSLASH_BEFORE_QUOTE = re.compile(r'\\(?=")')
 _STRING_SPECIAL = re.compile(r'["\\\n\r\t\x00]').search
 
 _RESERVED_KEYS = frozenset({"time", "_field", "_measurement"})
@@ -73,21 +77,20 @@ _INT64_MAX = 2**63 - 1
 _CACHE_LIMIT = 10_000
 
 
-def _double(match: re.Match[str]) -> str:
-    return match.group() * 2
+def _substitute(match: re.Match[str]) -> str:
+    return SUBSTITUTE * len(match.group())
 
 
-def _escape(text: str, table: dict[int, str]) -> str:
+def _escape(
+    text: str, table: dict[int, str], ambiguous: re.Pattern[str] = _AMBIGUOUS_BACKSLASHES
+) -> str:
     if "\\" in text:
-        escaped = _AMBIGUOUS_BACKSLASHES.sub(_double, text).translate(table)
-        return escaped + "\\ " if text.endswith("\\") else escaped
+        text = ambiguous.sub(_substitute, text)
     return text.translate(table)
 
 
 def escape_measurement(name: str) -> str:
-    escaped = _escape(name, _MEASUREMENT)
-    if '\\"' in escaped:
-        escaped = _BACKSLASHES_BEFORE_QUOTE.sub("\\\\", escaped)
+    escaped = _escape(name, _MEASUREMENT, _MEASUREMENT_AMBIGUOUS)
     return "\\" + escaped if escaped.startswith("#") else escaped
 
 
@@ -102,7 +105,7 @@ def escape_field_key(key: str) -> str:
     """A field key: as a tag key, plus one backslash before a double quote."""
     escaped = escape_key(key)
     if '\\"' in escaped:
-        escaped = _BACKSLASHES_BEFORE_QUOTE.sub(_one_more, escaped)
+        escaped = _BACKSLASH_BEFORE_QUOTE.sub(_one_more, escaped)
     return escaped
 
 
