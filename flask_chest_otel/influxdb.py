@@ -128,9 +128,12 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
     """An OpenTelemetry MetricExporter writing line protocol to InfluxDB.
 
     Decorated variables keep flask-chest's layout (measurement = variable
-    name, tags ``request_id``, ``method``, ``route``, field ``value`` or
-    ``value_str``, time = the request's time); other metrics follow the
-    ``schema`` (see ``docs/influxdb.md``). ``custom_tags`` are added to every
+    name, tags ``request_id``, ``method``, ``route``, field ``value`` in the
+    value's own type -- ``value_str`` for a NaN or infinite float --, string
+    fields ``trace_id``/``span_id`` when traced, time = the request's time);
+    other metrics follow the ``schema`` (see ``docs/influxdb.md``). A field
+    type conflict is healed where a lossless conversion exists (an int sent
+    as a float, an integral float as an int), else those points are refused. ``custom_tags`` are added to every
     line; a metric's own attribute of the same name wins.
 
     Args:
@@ -147,6 +150,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             ``INFLUXDB_V2_SSL_CA_CERT``).
         enable_gzip: gzip request bodies (on by default).
         headers: extra HTTP headers sent with every write (a proxy's, say).
+        request_id_field: write a decorated point's request ID as a string
+            field instead of a tag (one series per variable, not per request).
         name, logger: see ``BufferedExporter``.
         **delivery: ``flush_interval``, ``max_batch_items``, ``max_batch_bytes``,
             ``max_buffer_items``, ``max_buffer_bytes``, ``retry_initial``,
@@ -501,8 +506,9 @@ class FlaskChestInfluxDB(Chest):
 
     Every point of a request carries that request's time (ns), the tags
     ``request_id``, ``method``, ``route`` and ``custom_tags``, and the field
-    ``value``. Keyword options of ``InfluxDBMetricExporter`` (``timeout``,
-    ``enable_gzip``, ``database``...) are passed through.
+    ``value`` in the value's own type. Keyword options of
+    ``InfluxDBMetricExporter`` (``timeout``, ``enable_gzip``, ``database``,
+    ``request_id_field``, spool options...) are passed through.
     """
 
     exporter: InfluxDBMetricExporter
