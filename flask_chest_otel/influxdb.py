@@ -133,8 +133,9 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
     fields ``trace_id``/``span_id`` when traced, time = the request's time);
     other metrics follow the ``schema`` (see ``docs/influxdb.md``). A field
     type conflict is healed where a lossless conversion exists (an int sent
-    as a float, an integral float as an int), else those points are refused. ``custom_tags`` are added to every
-    line; a metric's own attribute of the same name wins.
+    as a float, an integral float as an int), else those points are refused.
+    ``custom_tags`` are added to every line; a metric's own attribute of the
+    same name wins.
 
     Args:
         url: InfluxDB base URL (``INFLUXDB_V2_URL``), e.g. ``http://localhost:8086``.
