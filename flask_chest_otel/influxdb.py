@@ -477,10 +477,14 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
                 conflict.group("input"),
                 conflict.group("stored"),
             )
-        dropped = _DROPPED.search(message)
-        if status == 400 and dropped is None and "unable to parse" in message:
-            # "unable to parse '<line>': ..." refuses the whole batch for one line.
+        if status == 400 and "unable to parse" in message:
+            # "unable to parse '<line>': ..." names the first bad line only: 2.x
+            # refuses the whole batch, 1.x writes the others but counts no drop
+            # ("partial write: unable to parse ... dropped=0"). Either way the
+            # delivery layer narrows the batch down to the refused lines
+            # (sending a written point again overwrites it with itself).
             return Outcome(Status.INVALID, f"{self.destination} refused the batch{said}")
+        dropped = _DROPPED.search(message)
         delivered = batch_size - int(dropped.group(1)) if dropped else 0
         return Outcome(
             Status.REJECTED,

@@ -585,3 +585,14 @@ def test_non_json_error_body_does_not_configure_the_applications_logging(
     finally:
         root.handlers[:] = saved
     assert added == []
+
+
+def test_v1_malformed_line_makes_the_batch_invalid(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    """InfluxDB 1.6 answers 400 "unable to parse" for one bad line among good
+    ones: INVALID (narrowed by the delivery layer), the line quoted."""
+    exporter = make(exporters, url=influxd.url, database="chest", username="admin", password="pw")
+    outcome = exporter._send([b"good value=1 1", b"broken line here"])
+    assert outcome.status is Status.INVALID
+    assert "400" in outcome.message and "broken line here" in outcome.message
