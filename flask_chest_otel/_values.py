@@ -11,7 +11,7 @@ A value keeps its type end to end, as flask-chest passed it on:
   stays ``"00321"``), cut to ``MAX_TEXT`` characters;
 - ``Decimal`` and any object with ``__float__`` (``Fraction``, numpy
   floats) become a float; any object with ``__index__`` (numpy integers, an
-  ``IntEnum``) an int;
+  ``IntEnum``) an int; a numpy bool a bool;
 - anything else is carried as text, cut *before* it is turned into text so
   that a 50 MB ``bytes`` or a list of a million items costs as little as a
   short one: bytes, bytearrays, lists, tuples, sets and dicts are shown as
@@ -86,9 +86,15 @@ def _convert(value: Any) -> bool | int | float | str:
         return _container_text(value)
     if isinstance(value, Decimal):
         return float(value)
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b":
+        return bool(value)  # numpy.bool_, which has no __index__
     if hasattr(type(value), "__index__"):
-        number = operator.index(value)
-        return number if _INT64_MIN <= number <= _INT64_MAX else _int_text(number)
+        try:
+            number = operator.index(value)
+        except TypeError:  # an __index__ that refuses: try __float__
+            pass
+        else:
+            return number if _INT64_MIN <= number <= _INT64_MAX else _int_text(number)
     if hasattr(type(value), "__float__"):
         return float(value)
     return str(value)[:MAX_TEXT]

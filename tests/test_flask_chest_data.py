@@ -125,6 +125,31 @@ class Colour(enum.IntEnum):
     RED = 7
 
 
+class NumpyBoolLike:
+    """What matters of numpy.bool_ here (numpy is not installed): a dtype of
+    kind "b", an __index__ that refuses, a __float__."""
+
+    class dtype:  # noqa: N801 -- numpy's attribute name
+        kind = "b"
+
+    def __index__(self) -> int:
+        raise TypeError("'numpy.bool_' object cannot be interpreted as an integer")
+
+    def __float__(self) -> float:
+        return 1.0
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class RefusingIndex:
+    def __index__(self) -> int:
+        raise TypeError("no")
+
+    def __float__(self) -> float:
+        return 2.5
+
+
 class Celsius:
     def __float__(self) -> float:
         return 21.5
@@ -150,6 +175,8 @@ class Celsius:
         (Fraction(1, 4), 0.25),
         (Colour.RED, 7),
         (Celsius(), 21.5),
+        (NumpyBoolLike(), True),
+        (RefusingIndex(), 2.5),
         (b"ab\x00", "b'ab\\x00'"),
         (bytearray(b"ab"), "bytearray(b'ab')"),
         ({"a": 1}, "{'a': 1}"),
