@@ -511,3 +511,25 @@ def test_request_id_as_field_keeps_one_series_per_variable(
     assert len(in_influxd) == series
     assert len(stored(influxd, db, "hits")) == 30
     assert len(vm.export(f'{{__name__="hits_value",suite="{tag}"}}')) == series
+
+
+def test_table_of_an_earlier_version_is_migrated_text_exact_in_value_text(
+    tmp_path: Path, chests: list[Chest]
+) -> None:
+    """The previous layout (value REAL, value_text): columns added; REAL
+    affinity turns "00321" into 321.0 in value, value_text keeps the text."""
+    path = str(tmp_path / "v0.sqlite3")
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "CREATE TABLE flask_chest (id INTEGER PRIMARY KEY, time TEXT NOT NULL, "
+        "time_unix_nano INTEGER NOT NULL, name TEXT NOT NULL, field TEXT NOT NULL, "
+        "value REAL, value_text TEXT, request_id TEXT, method TEXT, route TEXT, tags TEXT)"
+    )
+    connection.close()
+    chest = FlaskChestSQLite(db_uri=path)
+    chests.append(chest)
+    serve(chest, [("r1", {"user_id": "00321"})])
+    assert chest.force_flush()
+    assert sqlite_rows(path, "SELECT value, value_text, value_type FROM flask_chest") == [
+        (321.0, "00321", "str")
+    ]
