@@ -3,8 +3,8 @@ through the real app path (Flask test client -> @flask_chest -> chest ->
 real VictoriaMetrics / InfluxDB 1.6 / a loopback HTTP(S) server).
 
 Outcomes are documented in docs/faults.md. Cases already pinned elsewhere
-are not repeated here: values becoming numbers or text and the 4096-character
-cut (test_decorator.test_values_become_numbers_or_carried_text), None and
+are not repeated here: values keeping their type and the 4096-character
+cut (test_flask_chest_data.test_values_keep_their_type_numeric_text_stays_text), None and
 unset variables, request IDs over 255 characters cut on ``g``, generators that
 raise, return None, "" or a non-string, bad ``tracked_vars``
 (test_decorator), malformed URLs of the bare exporters (test_influxdb,
