@@ -11,17 +11,28 @@ equals sign and space; string field values: double quote and backslash):
   character is taken for a separator (InfluxDB skips a NUL at the start of a
   field key, and tabs like spaces); also inside string fields,
   where line protocol would allow a raw newline but line-splitting readers
-  (VictoriaMetrics, log shippers) would not.
-- A backslash is ambiguous right before a comma, space or equals sign, or
-  at the end (InfluxDB reads tags and field keys with different rules, and
-  an unlucky backslash escapes the separator after it). There the run of
-  backslashes is written doubled, and a trailing one also gets an escaped space: ``a\\,b`` gives
-  ``a\\\\\\,b``, ``a\\`` gives ``a\\\\\\ ``. Every InfluxDB parser accepts
-  these; InfluxDB stores such names with the backslash doubled (``a\\\\,b``)
-  and the trailing case as ``a\\\\ ``, VictoriaMetrics as given. Text without
-  that sequence round-trips exactly.
-- A measurement starting with ``#`` is written ``\\#...``: a line starting
-  with ``#`` is a comment, silently dropped by the server.
+  (VictoriaMetrics, log shippers) would not. (So a name holding a newline
+  is stored as the one holding a backslash and ``n``.)
+- A backslash means different things to different readers where it is
+  next to another backslash, before a separator (comma, space, equals sign;
+  in a measurement also a double quote), before a character written as an
+  escape (newline...), or at the end: InfluxDB 1.6 stores such a measurement
+  with no queryable field, reads ``\\=`` and ``\\"`` as escapes in some
+  places and not in others, and VictoriaMetrics collapses ``\\\\`` to one
+  backslash, so distinct names would merge. There each backslash is written
+  as ``⧵`` (U+29F5, REVERSE SOLIDUS OPERATOR): ``a\\`` is stored as ``a⧵``,
+  ``a\\,b`` as ``a⧵,b``, ``a\\\\b`` as ``a⧵⧵b`` -- the same by InfluxDB 1.6
+  and VictoriaMetrics, every point queryable, distinct names distinct (unless
+  one already holds ``⧵`` where the other holds a backslash). A measurement
+  starting with a backslash before ``#`` is written with ``⧵`` too. Any other
+  backslash (``a\\b``) round-trips exactly.
+- A field key's lone backslash right before a double quote gets one more
+  backslash: InfluxDB 1.x unescapes ``\\"`` in field keys (not in tag keys)
+  and would store the key ``a\\"b`` as ``a"b``; written ``a\\\\"b`` it
+  stores ``a\\"b``, as VictoriaMetrics does.
+- A measurement starting with ``#`` is written ``\\#...`` (a line starting
+  with ``#`` is a comment, silently dropped by the server); both servers
+  store it as ``\\#...``.
 - Tag and field keys InfluxDB refuses (``time``; ``_field`` and
   ``_measurement`` in 2.x) get a trailing underscore (``time_``).
 - Empty tag keys and values are left out; so are empty field keys, NaN and
@@ -43,6 +54,7 @@ from opentelemetry.sdk.metrics.export import NumberDataPoint
 
 from ._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
 from ._schema import DECORATED_TAGS, FieldValue, decorated_row
+from ._trace import point_trace
 
 _CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\0"}
 _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", **_CONTROL})
@@ -52,7 +64,11 @@ _STRING = str.maketrans({'"': '\\"', "\\": "\\\\", **_CONTROL})
 # str.translate looks every character up in a dict: testing for the few
 # special characters first is several times faster on the usual clean text.
 _KEY_SPECIAL = re.compile(r"[,= \n\r\t\x00\\]").search
-_AMBIGUOUS_BACKSLASHES = re.compile(r"\\+(?=[,= ]|$)")
+#: Written instead of a backslash no escaping carries the same to every reader.
+SUBSTITUTE = "\u29f5"  # REVERSE SOLIDUS OPERATOR
+_AMBIGUOUS_BACKSLASHES = re.compile(r"\\{2,}|\\+(?=[,= \n\r\t\x00]|$)")
+_MEASUREMENT_AMBIGUOUS = re.compile(r'\\{2,}|\\+(?=[,= "\n\r\t\x00]|$)|^\\+(?=#)')
+_BACKSLASH_BEFORE_QUOTE = re.compile(r'\\(?=")')
 _STRING_SPECIAL = re.compile(r'["\\\n\r\t\x00]').search
 
 _RESERVED_KEYS = frozenset({"time", "_field", "_measurement"})
@@ -61,19 +77,20 @@ _INT64_MAX = 2**63 - 1
 _CACHE_LIMIT = 10_000
 
 
-def _double(match: re.Match[str]) -> str:
-    return match.group() * 2
+def _substitute(match: re.Match[str]) -> str:
+    return SUBSTITUTE * len(match.group())
 
 
-def _escape(text: str, table: dict[int, str]) -> str:
+def _escape(
+    text: str, table: dict[int, str], ambiguous: re.Pattern[str] = _AMBIGUOUS_BACKSLASHES
+) -> str:
     if "\\" in text:
-        escaped = _AMBIGUOUS_BACKSLASHES.sub(_double, text).translate(table)
-        return escaped + "\\ " if text.endswith("\\") else escaped
+        text = ambiguous.sub(_substitute, text)
     return text.translate(table)
 
 
 def escape_measurement(name: str) -> str:
-    escaped = _escape(name, _MEASUREMENT)
+    escaped = _escape(name, _MEASUREMENT, _MEASUREMENT_AMBIGUOUS)
     return "\\" + escaped if escaped.startswith("#") else escaped
 
 
@@ -82,6 +99,18 @@ def escape_key(key: str) -> str:
     if key in _RESERVED_KEYS:
         key += "_"
     return _escape(key, _KEY)
+
+
+def escape_field_key(key: str) -> str:
+    """A field key: as a tag key, plus one backslash before a double quote."""
+    escaped = escape_key(key)
+    if '\\"' in escaped:
+        escaped = _BACKSLASH_BEFORE_QUOTE.sub(_one_more, escaped)
+    return escaped
+
+
+def _one_more(match: re.Match[str]) -> str:
+    return match.group() + "\\"
 
 
 def escape_tag_value(value: str) -> str:
@@ -130,15 +159,18 @@ class LineEncoder:
     and repeated on every point); values are escaped each time.
 
     ``default_tags`` are added to every line; a row's own tag of the same key
-    wins.
+    wins. ``request_id_field`` writes a decorated point's request ID as a
+    string field instead of a tag.
     """
 
-    def __init__(self, default_tags: Mapping[str, str] | None = None) -> None:
-        self.default_tags = {
-            str(key): str(value) for key, value in (default_tags or {}).items()
-        }
+    def __init__(
+        self, default_tags: Mapping[str, str] | None = None, request_id_field: bool = False
+    ) -> None:
+        self.request_id_field = request_id_field
+        self.default_tags = {str(key): str(value) for key, value in (default_tags or {}).items()}
         self._measurements: dict[str, str] = {}
         self._keys: dict[str, str] = {}
+        self._field_keys: dict[str, str] = {}
         # (variable, method, route) -> (text before the request ID, text after it)
         self._series: dict[tuple[str, str, str], tuple[str, str] | None] = {}
 
@@ -156,6 +188,14 @@ class LineEncoder:
             if len(self._keys) >= _CACHE_LIMIT:
                 self._keys.clear()
             cached = self._keys[key] = escape_key(key)
+        return cached
+
+    def _field_key(self, key: str) -> str:
+        cached = self._field_keys.get(key)
+        if cached is None:
+            if len(self._field_keys) >= _CACHE_LIMIT:
+                self._field_keys.clear()
+            cached = self._field_keys[key] = escape_field_key(key)
         return cached
 
     def line(
@@ -184,7 +224,7 @@ class LineEncoder:
             text = format_field(field_value)
             if text is None:
                 continue
-            parts.append(f"{separator}{key(field_key)}={text}")
+            parts.append(f"{separator}{self._field_key(field_key)}={text}")
             separator = ","
         if separator == " ":
             return None
@@ -196,46 +236,49 @@ class LineEncoder:
         """The lines of a decorated variable's points: the same lines as
         ``line(*decorated_row(...))`` gives, built from a cached series text
         around the request ID when a point carries exactly the decorator's
-        three string attributes (and its index; the common case)."""
+        three string attributes (and its index; the common case) and a
+        finite int or float."""
         series = self._series
         special = _KEY_SPECIAL
+        fast = not self.request_id_field
         for point in points:
             attributes = point.attributes or {}
             request_id = attributes.get(ATTR_REQUEST_ID)
             method = attributes.get(ATTR_METHOD)
             route = attributes.get(ATTR_ROUTE)
             value = point.value
+            kind = type(value)
+            around = None
+            text: str | None = None
             if (
-                (len(attributes) == 3 or (len(attributes) == 4 and ATTR_INDEX in attributes))
+                fast
+                and (len(attributes) == 3 or (len(attributes) == 4 and ATTR_INDEX in attributes))
                 and type(request_id) is str
                 and type(method) is str
                 and type(route) is str
                 and request_id
                 and metric_name
-                and (type(value) is float or type(value) is int)
+                and (kind is float or kind is int)
             ):
-                number = float(value)
-                if number - number != 0.0:  # NaN or an infinity: no field to write
-                    continue
-                cache_key = (metric_name, method, route)
-                if cache_key in series:
-                    around = series[cache_key]
-                else:
-                    around = self._decorated_series(metric_name, method, route)
-                    if len(series) >= _CACHE_LIMIT:
-                        series.clear()
-                    series[cache_key] = around
-            else:
-                around = None
+                text = format_field(value)
+                if text is not None:
+                    cache_key = (metric_name, method, route)
+                    if cache_key in series:
+                        around = series[cache_key]
+                    else:
+                        around = self._decorated_series(metric_name, method, route)
+                        if len(series) >= _CACHE_LIMIT:
+                            series.clear()
+                        series[cache_key] = around
             if around is not None:
-                assert type(request_id) is str  # checked above; for the type checker
+                assert type(request_id) is str and text is not None  # for the type checker
                 escaped = _escape(request_id, _KEY) if special(request_id) else request_id
-                text = repr(number)
-                if text.endswith(".0"):
-                    text = text[:-2]
+                trace = point_trace(point) if point.exemplars else None
+                if trace is not None:
+                    text += f',trace_id="{trace[0]}",span_id="{trace[1]}"'
                 yield f"{around[0]}{escaped}{around[1]}{text} {point.time_unix_nano}"
             else:
-                row = decorated_row(metric_name, point)
+                row = decorated_row(metric_name, point, self.request_id_field)
                 line = self.line(row.measurement, row.tags, row.fields, row.time_unix_nano)
                 if line is not None:
                     yield line
@@ -255,3 +298,134 @@ class LineEncoder:
             return None  # a custom tag holds the marker: no template
         before, after = line.split(marker)
         return before, after[: -len("0")]
+
+
+# -- field type conflicts -------------------------------------------------------
+
+#: Largest integer a float holds exactly: ints beyond it are not converted.
+_EXACT_FLOAT_INT = 2**53
+
+
+def _split_fields(text: str) -> list[str]:
+    """``key=value`` parts of a line's field section (commas inside string
+    fields and escaped ones kept)."""
+    parts, start, i, quoted = [], 0, 0, False
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _series_end(line: str) -> int:
+    """Index of the space ending a line's measurement and tags."""
+    i = 0
+    while i < len(line):
+        char = line[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == " ":
+            return i
+        i += 1
+    return -1
+
+
+def field_type(value: str) -> str:
+    """InfluxDB's name of the type of a written field value."""
+    if value.startswith('"'):
+        return "string"
+    if value.endswith("i"):
+        return "integer"
+    if value.endswith("u"):
+        return "unsigned"
+    if value in ("true", "false", "t", "f", "T", "F", "True", "False", "TRUE", "FALSE"):
+        return "boolean"
+    return "float"
+
+
+def convert_value(value: str, to_type: str) -> str | None:
+    """A written field value converted to ``to_type`` where nothing is lost
+    (an integer as a float up to 2**53; a float with no fraction as an
+    integer), else None."""
+    kind = field_type(value)
+    if kind == to_type:
+        return value
+    if kind == "integer" and to_type == "float":
+        number = int(value[:-1])
+        return str(number) if abs(number) <= _EXACT_FLOAT_INT else None
+    if kind == "float" and to_type == "integer":
+        real = float(value)
+        if math.isfinite(real) and real.is_integer() and _INT64_MIN <= real <= _INT64_MAX:
+            return f"{int(real)}i"
+    return None
+
+
+def measurement_of(line: str) -> str:
+    """The measurement of a line as written (escapes kept)."""
+    end = _series_end(line)
+    series = line[:end] if end >= 0 else line
+    i = 0
+    while i < len(series):
+        if series[i] == "\\":
+            i += 2
+            continue
+        if series[i] == ",":
+            return series[:i]
+        i += 1
+    return series
+
+
+def unescape(text: str) -> str:
+    """A name or key as InfluxDB reports it in messages (escapes removed)."""
+    return re.sub(r"\\(.)", r"\1", text) if "\\" in text else text
+
+
+def retype_field(line: str, field: str, to_type: str) -> tuple[str, str] | None:
+    """(the line with field ``field`` -- as InfluxDB names it, unescaped --
+    converted to ``to_type``, the type it had), the line itself if it has no
+    such field or it already has that type, or None if it cannot be converted
+    without loss."""
+    end = _series_end(line)
+    if end < 0:
+        return line, to_type
+    rest = line[end + 1 :]
+    fields_text, space, timestamp = rest.rpartition(" ")
+    if not space or not timestamp.lstrip("-").isdigit():
+        fields_text, timestamp = rest, ""
+    parts = _split_fields(fields_text)
+    for index, part in enumerate(parts):
+        key, _, value = part.partition("=")
+        while key.endswith("\\") and _:  # an escaped equals sign inside the key
+            more_key, _, value = value.partition("=")
+            key = f"{key}={more_key}"
+        if unescape(key) != field and key != field:
+            continue
+        converted = convert_value(value, to_type)
+        if converted is None:
+            return None
+        kind = field_type(value)
+        if converted == value:
+            return line, kind
+        parts[index] = f"{key}={converted}"
+        tail = f" {timestamp}" if timestamp else ""
+        return f"{line[:end]} {','.join(parts)}{tail}", kind
+    return line, to_type
+
+
+def field_type_of(line: str, field: str) -> str:
+    """The type of field ``field`` in a line, for messages."""
+    end = _series_end(line)
+    for part in _split_fields(line[end + 1 :].rpartition(" ")[0] if end >= 0 else ""):
+        key, _, value = part.partition("=")
+        if unescape(key) == field or key == field:
+            return field_type(value)
+    return "?"

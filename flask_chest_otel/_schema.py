@@ -1,9 +1,10 @@
 """Turns OTel MetricsData into flat rows (measurement, tags, fields, time).
 
 Decorated variables (scope ``flask_chest_otel``) keep flask-chest's layout:
-measurement = variable name, tags request_id/method/route, field ``value``
-(``value_str`` for a non-numeric value, so each field keeps one type), time =
-the request's time.
+measurement = variable name, tags request_id/method/route, field ``value`` in
+the value's own type (``value_str`` for a NaN or infinite float, so ``value``
+keeps one type), string fields ``trace_id``/``span_id`` when traced, time =
+the request's time (see ``decorated_row``).
 
 Every other metric follows otel2influx's ``telegraf-prometheus-v1`` schema
 (or ``telegraf-prometheus-v2`` on request), built in ``_otel2influx``,
@@ -33,6 +34,7 @@ from ._names import (
 from ._otel2influx import RefusalHook, attribute_text, log_refusal
 from ._otel2influx import other_rows as other_rows  # re-exported for the exporters
 from ._otel2influx import scopes as scopes
+from ._trace import point_trace
 
 FieldValue = float | int | bool | str
 Schema = Literal["telegraf-prometheus-v1", "telegraf-prometheus-v2"]
@@ -57,14 +59,23 @@ def _finite(value: FieldValue) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
-def decorated_row(metric_name: str, point: NumberDataPoint) -> Row:
-    """The row of one decorated variable of one request."""
+def decorated_row(metric_name: str, point: NumberDataPoint, request_id_field: bool = False) -> Row:
+    """The row of one decorated variable of one request.
+
+    Field ``value`` holds the value in its own type (bool, int, float, or the
+    text of a text value), as flask-chest wrote it; a NaN or infinite float,
+    which line protocol cannot carry, is the string field ``value_str``
+    (``"nan"``, ``"inf"``, ``"-inf"``) so the request's point is kept and the
+    ``value`` field keeps one type. The trace link, when the request had a
+    recording span, is the string fields ``trace_id`` and ``span_id``. With
+    ``request_id_field`` the request ID is a field, not a tag.
+    """
     tags: dict[str, str] = {}
     string_value: str | None = None
     time_unix_nano = point.time_unix_nano
     for key, value in (point.attributes or {}).items():
         if key == ATTR_STRING_VALUE:
-            string_value = str(value)
+            string_value = value if type(value) is str else str(value)
         elif key == ATTR_TIME:
             time_unix_nano = int(value)  # type: ignore[arg-type]
         elif key == ATTR_INDEX:
@@ -75,9 +86,18 @@ def decorated_row(metric_name: str, point: NumberDataPoint) -> Row:
             )
     fields: dict[str, FieldValue]
     if string_value is not None:
-        fields = {"value_str": string_value}
+        fields = {"value": string_value}
     else:
-        fields = {"value": float(point.value)}
+        number = point.value
+        if type(number) is float and not math.isfinite(number):
+            fields = {"value_str": repr(number)}
+        else:
+            fields = {"value": number}
+    if request_id_field and "request_id" in tags:
+        fields["request_id"] = tags.pop("request_id")
+    trace = point_trace(point)
+    if trace is not None:
+        fields["trace_id"], fields["span_id"] = trace
     return Row(metric_name, tags, fields, time_unix_nano, True)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
+from influxdb_client.client import exceptions as _client_exceptions
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.domain.write_precision import WritePrecision
@@ -31,7 +32,14 @@ from . import environment_variables
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._http import check_url, parse_retry_after, safe_url
-from ._line_protocol import LineEncoder, to_bytes
+from ._line_protocol import (
+    LineEncoder,
+    field_type_of,
+    measurement_of,
+    retype_field,
+    to_bytes,
+    unescape,
+)
 from ._schema import SCHEMAS, Schema, other_rows, scopes
 
 __all__ = ["FlaskChestInfluxDB", "InfluxDBMetricExporter"]
@@ -47,8 +55,38 @@ ENV_VERIFY_SSL = environment_variables.INFLUXDB_V2_VERIFY_SSL
 ENV_SSL_CA_CERT = environment_variables.INFLUXDB_V2_SSL_CA_CERT
 
 _DROPPED = re.compile(r"dropped=(\d+)")
+_CONFLICT = re.compile(
+    r'field type conflict: input field "(?P<field>.*?)" on measurement "(?P<measurement>.*)" '
+    r"is type (?P<input>\w+), already exists as type (?P<stored>\w+)"
+)
+#: Field type conflicts healed per batch at most (one (measurement, field) each).
+_MAX_CONFLICT_ROUNDS = 8
 _RETRY_STATUSES = frozenset({408, 429})
 _MAX_MESSAGE = 500
+
+
+class _ModuleLogging:
+    """Stands for the ``logging`` module inside influxdb-client's
+    ``client.exceptions``: its ``InfluxDBError`` logs a non-JSON error body
+    with the module-level ``logging.debug()``, which runs
+    ``logging.basicConfig()`` on an application that configured no logging
+    (a root handler appears, and the application's own ``basicConfig()``
+    then does nothing). Here that call goes to the module's own logger."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def debug(self, message: object, *args: object, **kwargs: Any) -> None:
+        self._logger.debug(message, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(logging, name)
+
+
+if not isinstance(getattr(_client_exceptions, "logging", None), _ModuleLogging):
+    setattr(  # noqa: B010 -- a module attribute mypy does not know as writable
+        _client_exceptions, "logging", _ModuleLogging(_client_exceptions.logger)
+    )
 
 
 def _env(value: str | None, variable: str) -> str | None:
@@ -90,10 +128,14 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
     """An OpenTelemetry MetricExporter writing line protocol to InfluxDB.
 
     Decorated variables keep flask-chest's layout (measurement = variable
-    name, tags ``request_id``, ``method``, ``route``, field ``value`` or
-    ``value_str``, time = the request's time); other metrics follow the
-    ``schema`` (see ``docs/influxdb.md``). ``custom_tags`` are added to every
-    line; a metric's own attribute of the same name wins.
+    name, tags ``request_id``, ``method``, ``route``, field ``value`` in the
+    value's own type -- ``value_str`` for a NaN or infinite float --, string
+    fields ``trace_id``/``span_id`` when traced, time = the request's time);
+    other metrics follow the ``schema`` (see ``docs/influxdb.md``). A field
+    type conflict is healed where a lossless conversion exists (an int sent
+    as a float, an integral float as an int), else those points are refused.
+    ``custom_tags`` are added to every line; a metric's own attribute of the
+    same name wins.
 
     Args:
         url: InfluxDB base URL (``INFLUXDB_V2_URL``), e.g. ``http://localhost:8086``.
@@ -109,6 +151,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             ``INFLUXDB_V2_SSL_CA_CERT``).
         enable_gzip: gzip request bodies (on by default).
         headers: extra HTTP headers sent with every write (a proxy's, say).
+        request_id_field: write a decorated point's request ID as a string
+            field instead of a tag (one series per variable, not per request).
         name, logger: see ``BufferedExporter``.
         **delivery: ``flush_interval``, ``max_batch_items``, ``max_batch_bytes``,
             ``max_buffer_items``, ``max_buffer_bytes``, ``retry_initial``,
@@ -137,6 +181,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         ssl_ca_cert: str | None = None,
         enable_gzip: bool = True,
         headers: Mapping[str, str] | None = None,
+        request_id_field: bool = False,
         name: str = "InfluxDB",
         logger: logging.Logger | None = None,
         **delivery: Any,
@@ -165,7 +210,11 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         self.enable_gzip = enable_gzip
         self.custom_tags = dict(custom_tags or {})
         super().__init__(name=name, logger=logger, timeout=timeout, **delivery)
-        self._encoder = LineEncoder(self.custom_tags)
+        self.request_id_field = request_id_field
+        self._encoder = LineEncoder(self.custom_tags, request_id_field)
+        #: (measurement, field) -> the type the server stores, learnt from conflicts.
+        self._stored_types: dict[tuple[str, str], str] = {}
+        self._conflict: tuple[str, str, str, str] | None = None
         self._token = _env(token, ENV_TOKEN)
         self._username = username
         self._password = password
@@ -215,14 +264,86 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         return len(item) + 1
 
     def _send(self, batch: Sequence[bytes]) -> Outcome:
-        body = b"\n".join(batch)
+        lines = list(batch)
+        refused: list[str] = []
+        if self._stored_types:
+            lines = self._retype(lines, refused)
+        outcome = self._write(lines)
+        # A field type conflict: learn the stored type, convert what converts
+        # without loss, drop the rest, and send again (each round learns one
+        # (measurement, field); rewritten points overwrite themselves).
+        for _ in range(_MAX_CONFLICT_ROUNDS):
+            conflict = self._conflict
+            if conflict is None:
+                break
+            measurement, field, _input, stored = conflict
+            known = self._stored_types.get((measurement, field))
+            self._stored_types[(measurement, field)] = stored
+            if known is None:
+                self.logger.warning(
+                    "%s: %s: field %r of measurement %r is stored as %s: points holding "
+                    "another type are converted where nothing is lost, else dropped",
+                    self.name,
+                    self.destination,
+                    field,
+                    measurement,
+                    stored,
+                )
+            before = len(refused)
+            retyped = self._retype(lines, refused)
+            if retyped == lines and len(refused) == before:
+                break  # nothing of ours to convert: leave the server's answer as it is
+            lines = retyped
+            outcome = self._write(lines) if lines else DELIVERED
+        if not refused:
+            return outcome
+        delivered = len(lines) if outcome.status is Status.DELIVERED else outcome.delivered
+        return Outcome(
+            Status.REJECTED,
+            f"{self.destination}: {len(refused)} point(s) dropped for a field type conflict "
+            f"that no lossless conversion heals ({refused[0]})"
+            + (f"; then {outcome.message}" if outcome.message else ""),
+            delivered=delivered,
+        )
+
+    def _retype(self, lines: list[bytes], refused: list[str]) -> list[bytes]:
+        """``lines`` with fields converted to the types the server stores
+        (``_stored_types``); unconvertible lines left out and described in
+        ``refused``."""
+        result = []
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            measurement = measurement_of(line)
+            names = (measurement, unescape(measurement))
+            keep: str | None = line
+            for (name, field), stored in self._stored_types.items():
+                if name not in names or keep is None:
+                    continue
+                retyped = retype_field(keep, field, stored)
+                if retyped is None:
+                    refused.append(
+                        f"measurement {name!r} field {field!r}: "
+                        f"{field_type_of(keep, field)} sent, {stored} stored"
+                    )
+                    keep = None
+                else:
+                    keep = retyped[0]
+            if keep is line:
+                result.append(raw)
+            elif keep is not None:
+                result.append(to_bytes(keep))
+        return result
+
+    def _write(self, lines: Sequence[bytes]) -> Outcome:
+        self._conflict = None
+        body = b"\n".join(lines)
         try:
             if self.database is None:
                 self._v2_write(body)
             else:
                 self._v1_write(body)
         except ApiException as error:
-            return self._outcome(error, len(batch))
+            return self._outcome(error, len(lines))
         except (urllib3.exceptions.HTTPError, OSError) as error:
             return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {_describe(error)}")
         except ValueError:
@@ -322,18 +443,47 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
                 "set url to the final address (a redirect is never counted as delivered)",
             )
         if status in (401, 403):
-            what = "credentials were" if self._username is not None else "token was"
-            return Outcome(
-                Status.REJECTED,
-                f"{self.destination}: the {what} refused{said}; check that the token is "
-                "valid and may write to this bucket",
-            )
+            if self._username is not None:
+                hint = (
+                    f"check username {self._username!r} and its password, and that this user "
+                    f"may write to database {self.database!r}"
+                )
+                what = "username and password were"
+            elif self.database is not None:
+                hint = f"check that the token is valid and may write to database {self.database!r}"
+                what = "token was"
+            else:
+                hint = "check that the token is valid and may write to this bucket"
+                what = "token was"
+            return Outcome(Status.REJECTED, f"{self.destination}: the {what} refused{said}; {hint}")
         if status == 404:
-            if self.database is not None:
+            version = str(headers.get("X-Influxdb-Version") or "")
+            if self.database is None and version.startswith(("0.", "1.")):
+                hint = (
+                    f"this server is InfluxDB {version}, which has no /api/v2/write: give "
+                    "database= (and username=/password= if it checks them) instead of "
+                    "org/bucket, or upgrade it to 1.8 or later"
+                )
+            elif self.database is not None:
                 hint = f"check that database {self.database!r} exists"
             else:
                 hint = f"check that org {self.org!r} and bucket {self.bucket!r} exist"
             return Outcome(Status.REJECTED, f"{self.destination}: not found{said}; {hint}")
+        conflict = _CONFLICT.search(message)
+        if conflict is not None:
+            self._conflict = (
+                conflict.group("measurement"),
+                conflict.group("field"),
+                conflict.group("input"),
+                conflict.group("stored"),
+            )
+        if status == 400 and "unable to parse" in message:
+            # "unable to parse '<line>': ..." names the first bad line only: 2.x
+            # refuses the whole batch, 1.x writes the others but counts no drop
+            # ("partial write: unable to parse ... dropped=0"). Either way the
+            # delivery layer narrows the batch down to the refused lines
+            # (sending a written point again overwrites it with itself).
+            return Outcome(Status.INVALID, f"{self.destination} refused the batch{said}")
         dropped = _DROPPED.search(message)
         delivered = batch_size - int(dropped.group(1)) if dropped else 0
         return Outcome(
@@ -361,8 +511,9 @@ class FlaskChestInfluxDB(Chest):
 
     Every point of a request carries that request's time (ns), the tags
     ``request_id``, ``method``, ``route`` and ``custom_tags``, and the field
-    ``value``. Keyword options of ``InfluxDBMetricExporter`` (``timeout``,
-    ``enable_gzip``, ``database``...) are passed through.
+    ``value`` in the value's own type. Keyword options of
+    ``InfluxDBMetricExporter`` (``timeout``, ``enable_gzip``, ``database``,
+    ``request_id_field``, spool options...) are passed through.
     """
 
     exporter: InfluxDBMetricExporter

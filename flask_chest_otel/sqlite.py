@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from flask import Flask
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
@@ -19,32 +20,66 @@ from ._schema import FieldValue, rows
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
 
-# (time, time_unix_nano, name, field, value, value_text, request_id, method, route, tags)
-SQLiteRow = tuple[str, int, str, str, float | None, str | None, str | None, str | None,
-                  str | None, str | None]
+# (time, time_unix_nano, name, field, value, value_text, value_type, request_id,
+#  method, route, tags, trace_id, span_id)
+SQLiteRow = tuple[
+    str,
+    int,
+    str,
+    str,
+    "int | float | str",
+    str | None,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+]
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS "{table}" (
-    id INTEGER PRIMARY KEY,
-    time TEXT NOT NULL,
-    time_unix_nano INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    field TEXT NOT NULL,
-    value REAL,
-    value_text TEXT,
-    request_id TEXT,
-    method TEXT,
-    route TEXT,
-    tags TEXT
-);
-CREATE INDEX IF NOT EXISTS "{table}_name_time" ON "{table}" (name, time_unix_nano);
-CREATE INDEX IF NOT EXISTS "{table}_request_id" ON "{table}" (request_id);
-"""
-_INSERT = (
-    'INSERT INTO "{table}" (time, time_unix_nano, name, field, value, value_text, '
-    "request_id, method, route, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Our columns, in insert order, with the declaration a new table gets.
+#: ``value`` has no declared type, so SQLite keeps each value's own type.
+_COLUMNS = {
+    "time": "TEXT NOT NULL",
+    "time_unix_nano": "INTEGER NOT NULL",
+    "name": "TEXT NOT NULL",
+    "field": "TEXT NOT NULL",
+    "value": "",
+    "value_text": "TEXT",
+    "value_type": "TEXT",
+    "request_id": "TEXT",
+    "method": "TEXT",
+    "route": "TEXT",
+    "tags": "TEXT",
+    "trace_id": "TEXT",
+    "span_id": "TEXT",
+}
+#: Declared types of columns added to an existing table (NULL in old rows).
+_ADDED_TYPES = {"time_unix_nano": "INTEGER", "value": ""}
+#: Columns a table may have besides ours: its key (ours ``id``, flask-chest's ``unique_id``).
+_KEYS = ("id", "unique_id")
+#: The columns flask-chest 0.0.x created: ``unique_id, request_id, name, value``.
+_FLASK_CHEST_COLUMNS = frozenset({"unique_id", "request_id", "name", "value"})
+
+
+def _create(table: str) -> str:
+    columns = ",\n    ".join(f"{name} {kind}".rstrip() for name, kind in _COLUMNS.items())
+    return (
+        f'CREATE TABLE "{table}" (\n    id INTEGER PRIMARY KEY,\n    {columns}\n);\n'
+        f'CREATE INDEX IF NOT EXISTS "{table}_name_time" ON "{table}" (name, time_unix_nano);\n'
+        f'CREATE INDEX IF NOT EXISTS "{table}_request_id" ON "{table}" (request_id);\n'
+    )
+
+
+_INSERT = 'INSERT INTO "{table}" ({columns}) VALUES ({marks})'.format(
+    table="{table}", columns=", ".join(_COLUMNS), marks=", ".join("?" * len(_COLUMNS))
 )
+
+
+class TableShapeError(ValueError):
+    """An existing table that is neither ours nor flask-chest's."""
 
 
 def iso_time(time_unix_nano: int) -> str:
@@ -54,21 +89,74 @@ def iso_time(time_unix_nano: int) -> str:
     return f"{stamp}.{nanos:09d}Z"
 
 
-def _split(value: FieldValue) -> tuple[float | None, str | None]:
+def _clean(text: str) -> str:
+    """Text SQLite can store: lone surrogates (which UTF-8 cannot encode)
+    become ``?``, as on InfluxDB; so one bad value costs nothing else."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text
+
+
+def _maybe(text: str | None) -> str | None:
+    return None if text is None else _clean(text)
+
+
+def _split(value: FieldValue) -> tuple[int | float | str, str | None, str]:
+    """(value, value_text, value_type) of one field value."""
     if isinstance(value, str):
-        return None, value
-    return float(value), None
+        text = _clean(value)
+        return text, text, "str"
+    if isinstance(value, bool):
+        return int(value), None, "bool"
+    if isinstance(value, int):
+        return int(value), None, "int"
+    return float(value), None, "float"
+
+
+def check_table(connection: sqlite3.Connection, table: str) -> list[str]:
+    """The columns to add to an existing ``table`` to make it ours (none if
+    it is missing or already ours); ``TableShapeError`` naming the
+    table and its columns if it is neither ours nor flask-chest's."""
+    info = connection.execute(f'PRAGMA table_info("{table}")').fetchall()
+    if not info:
+        return []
+    columns = {row[1]: row for row in info}
+    known = set(_COLUMNS) | set(_KEYS)
+    # A column we do not fill must accept NULL or have a default.
+    required = {name for name, row in columns.items() if row[3] and row[4] is None and not row[5]}
+    unknown = set(columns) - known
+    if unknown or not {"name", "value"} <= set(columns) or required - set(_COLUMNS):
+        raise TableShapeError(
+            f"table {table!r} has columns {', '.join(columns)}: neither this library's "
+            f"({', '.join(['id', *_COLUMNS])}) nor flask-chest's "
+            f"({', '.join(sorted(_FLASK_CHEST_COLUMNS))}); give another table= or "
+            "migrate it yourself"
+        )
+    return [name for name in _COLUMNS if name not in columns]
 
 
 class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
     """Writes metrics to a SQLite table, one row per field of each point.
 
     A decorated variable is one row: ``name`` the variable, ``field``
-    ``value`` (a number in ``value``) or ``value_str`` (text in
-    ``value_text``), with ``request_id``, ``method``, ``route`` and the
-    request's ``time``. Another OTel metric gives one row per field of the
-    otel2influx layout (``gauge``, ``counter``, ``count``, ``sum``, bucket
-    bounds...) with its tags as JSON in ``tags``.
+    ``value``, ``value`` the value in its own SQLite type (INTEGER for an
+    int, 0/1 for a bool, REAL for a float, TEXT for a text), ``value_type``
+    the Python type it had (``bool``, ``int``, ``float``, ``str``),
+    ``value_text`` the text of a text value, ``request_id``, ``method``,
+    ``route``, the request's ``time`` and ``time_unix_nano``, and
+    ``trace_id``/``span_id`` (hex) when the request had a recording span. A
+    NaN or infinite float is the row of field ``value_str`` holding
+    ``"nan"``, ``"inf"`` or ``"-inf"``. Text that UTF-8 cannot encode (a lone
+    surrogate) is stored with ``?`` in its place. Another OTel metric gives
+    one row per field of the otel2influx layout (``gauge``, ``counter``,
+    ``count``, ``sum``, bucket bounds...) with its tags as JSON in ``tags``.
+
+    A table flask-chest created (``unique_id, request_id, name, value``) is
+    migrated in place: the missing columns are added, old rows are left as
+    they were (their new columns NULL). A table of any other shape is an
+    error at construction.
 
     Each export is written in one transaction. The database is opened in WAL
     mode with a busy timeout, so several processes can write one file; a
@@ -78,6 +166,10 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
         db_uri: a file path, ``":memory:"`` (private to the exporter's thread),
             or a ``file:`` URI.
         table: the table, created if missing.
+
+    Raises:
+        ValueError: a bad table name, a file that is not a SQLite database,
+            a table of an unknown shape.
     """
 
     def __init__(
@@ -107,14 +199,22 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
             self._create_table()
 
     def _create_table(self) -> None:
-        """Creates the table now, so that it can be queried before the first
-        export; a database that cannot be opened yet is retried by the sender."""
+        """Creates or migrates the table now, so that it can be queried before
+        the first export and a wrong file or table fails here; a database
+        that cannot be opened yet is retried by the sender."""
         try:
             self._connect()
-        except sqlite3.Error as exc:
+        except TableShapeError as exc:
+            raise ValueError(f"{self.name}: {self.db_uri}: {exc}") from None
+        except sqlite3.OperationalError as exc:
             self.logger.warning(
                 "%s: cannot open %s yet (%s); will retry", self.name, self.db_uri, exc
             )
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"{self.name}: {self.db_uri} is not a SQLite database ({exc}); "
+                "give the path of a SQLite file, or of a file to create"
+            ) from None
         finally:
             self._close()
 
@@ -129,18 +229,40 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
     def _encode(self, metrics_data: MetricsData) -> Iterator[SQLiteRow]:
         for row in rows(metrics_data):
             time_text = iso_time(row.time_unix_nano)
+            fields = row.fields
+            trace_id = span_id = None
             if row.decorated:
                 tags = dict(row.tags)
-                request_id = tags.pop("request_id", None)
-                method = tags.pop("method", None)
-                route = tags.pop("route", None)
+                request_id = _maybe(tags.pop("request_id", None))
+                method = _maybe(tags.pop("method", None))
+                route = _maybe(tags.pop("route", None))
+                if "trace_id" in fields:
+                    fields = dict(fields)
+                    trace_id = str(fields.pop("trace_id"))
+                    span_id = str(fields.pop("span_id"))
             else:
                 tags, request_id, method, route = row.tags, None, None, None
-            tags_json = json.dumps(tags, ensure_ascii=False, sort_keys=True) if tags else None
-            for field, field_value in row.fields.items():
-                number, text = _split(field_value)
-                yield (time_text, row.time_unix_nano, row.measurement, field, number, text,
-                       request_id, method, route, tags_json)
+            tags_json = (
+                _clean(json.dumps(tags, ensure_ascii=False, sort_keys=True)) if tags else None
+            )
+            name = _clean(row.measurement)
+            for field, field_value in fields.items():
+                value, text, kind = _split(field_value)
+                yield (
+                    time_text,
+                    row.time_unix_nano,
+                    name,
+                    _clean(field),
+                    value,
+                    text,
+                    kind,
+                    request_id,
+                    method,
+                    route,
+                    tags_json,
+                    trace_id,
+                    span_id,
+                )
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -154,7 +276,26 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
                 if self.db_uri != ":memory:":
                     connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
-                connection.executescript(_SCHEMA.format(table=self.table))
+                with connection:
+                    connection.execute("BEGIN IMMEDIATE")
+                    missing = check_table(connection, self.table)
+                    for column in missing:
+                        kind = _ADDED_TYPES.get(column, "TEXT")
+                        connection.execute(f'ALTER TABLE "{self.table}" ADD COLUMN {column} {kind}')
+                    if missing:
+                        self.logger.warning(
+                            "%s: %s: table %r migrated in place (added columns %s; old rows kept)",
+                            self.name,
+                            self.db_uri,
+                            self.table,
+                            ", ".join(missing),
+                        )
+                    exists = connection.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                        (self.table,),
+                    ).fetchone()
+                if not exists:
+                    connection.executescript(_create(self.table))
             except BaseException:
                 connection.close()
                 raise
@@ -166,6 +307,9 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
             connection = self._connect()
             with connection:
                 connection.executemany(self._insert, batch)
+        except TableShapeError as exc:
+            self._reset()
+            return Outcome(Status.REJECTED, f"{self.db_uri}: {exc}")
         except sqlite3.OperationalError as exc:
             # Locked, busy, disk full, read-only, cannot open: may pass; keep the rows.
             self._reset()
@@ -190,26 +334,50 @@ class FlaskChestSQLite(Chest):
     """The embedded default chest: decorated variables into a SQLite table.
 
     Args:
-        db_uri: the database file (created if missing) or a ``file:`` URI.
-        table: the table name (created if missing).
+        db_uri: the database file (created if missing) or a ``file:`` URI;
+            positional or keyword.
+        table: the table name (created if missing; a flask-chest table is
+            migrated in place, see ``SQLiteMetricExporter``).
         name: shown in log lines.
         logger: where delivery problems are logged.
         export_interval: seconds between writes.
-        **options: passed to ``SQLiteMetricExporter`` (buffer bounds, ...).
+        **options: passed to ``SQLiteMetricExporter`` (buffer bounds, spool...).
+
+    flask-chest's call ``FlaskChestSQLite(app, name="flask_chest",
+    db_uri="db.sqlite3")`` is accepted as it was: given a Flask app first,
+    ``name`` (or the second positional argument) is the table, as it was in
+    flask-chest, and ``db_uri`` defaults to flask-chest's ``db.sqlite3``.
 
     Read it back with ``sqlite3 flask_chest.sqlite3 'select * from flask_chest'``.
     """
 
     def __init__(
         self,
-        db_uri: str = "flask_chest.sqlite3",
-        table: str = "flask_chest",
-        logger: logging.Logger | None = None,
+        target: str | Flask | None = None,
+        /,
+        table: str | None = None,
+        logger: logging.Logger | str | None = None,
         *,
-        name: str = "SQLite",
+        db_uri: str | None = None,
+        name: str | None = None,
         export_interval: float = DEFAULT_EXPORT_INTERVAL,
         **options: Any,
     ) -> None:
+        if isinstance(target, Flask):
+            # flask-chest: FlaskChestSQLite(app, name="flask_chest", db_uri="db.sqlite3")
+            if isinstance(logger, str):  # its third positional argument: db_uri
+                db_uri, logger = db_uri or logger, None
+            table = table or name or "flask_chest"
+            name = "SQLite"
+            db_uri = db_uri or "db.sqlite3"
+        else:
+            if target is not None and db_uri is not None:
+                raise TypeError("FlaskChestSQLite: db_uri given twice (positional and keyword)")
+            db_uri = target if target is not None else (db_uri or "flask_chest.sqlite3")
+            table = table or "flask_chest"
+            name = name or "SQLite"
+        if isinstance(logger, str):
+            raise TypeError(f"{name}: logger must be a logging.Logger, got {logger!r}")
         exporter = SQLiteMetricExporter(db_uri, table, name=name, logger=logger, **options)
         super().__init__(name, exporter, export_interval=export_interval, logger=logger)
         self.db_uri = db_uri

@@ -3,8 +3,8 @@ through the real app path (Flask test client -> @flask_chest -> chest ->
 real VictoriaMetrics / InfluxDB 1.6 / a loopback HTTP(S) server).
 
 Outcomes are documented in docs/faults.md. Cases already pinned elsewhere
-are not repeated here: values becoming numbers or text and the 4096-character
-cut (test_decorator.test_values_become_numbers_or_carried_text), None and
+are not repeated here: values keeping their type and the 4096-character
+cut (test_flask_chest_data.test_values_keep_their_type_numeric_text_stays_text), None and
 unset variables, request IDs over 255 characters cut on ``g``, generators that
 raise, return None, "" or a non-string, bad ``tracked_vars``
 (test_decorator), malformed URLs of the bare exporters (test_influxdb,
@@ -136,7 +136,8 @@ def test_special_characters_text_values_and_huge_strings_round_trip_through_infl
     influxd: InfluxDB1, chests: list[Chest]
 ) -> None:
     """The same through InfluxDB 1.6's own parser, plus text values (string
-    field value_str): NaN and infinities become the text "nan"/"inf", a
+    field value) and NaN and infinities (string field value_str, the text
+    "nan"/"inf"), a
     10,000-character value is cut to 4096, a 1000-character request ID to 255,
     a 5000-character variable name is kept whole, None records nothing."""
     influxd.create_database("bad")
@@ -182,11 +183,12 @@ def test_special_characters_text_values_and_huge_strings_round_trip_through_infl
 def test_text_values_reach_victoria_metrics_as_its_numeric_reading_of_the_string(
     vm: VictoriaMetrics, chests: list[Chest]
 ) -> None:
-    """VictoriaMetrics (1.79) does not drop the string field value_str: it
-    stores series ``<name>_value_str`` holding its own numeric reading of the
-    text (0 for words, +Inf for "inf"; "nan" gives a NaN sample, which it
-    does not keep). Accepted, never an error; numbers beside them are stored
-    as ``<name>_value``."""
+    """VictoriaMetrics (1.79) does not drop string fields: a text value (field
+    ``value``, as flask-chest wrote it) is stored as series ``<name>_value``
+    holding its own numeric reading of the text (0 for words); a NaN or
+    infinite float (string field ``value_str``, "nan"/"inf") as
+    ``<name>_value_str`` (+Inf for "inf"; "nan" gives a NaN sample, which it
+    does not keep). Accepted, never an error."""
     chest = FlaskChestInfluxDB(
         name="vm-text", url=vm.url, token=SECRET, org="o", bucket="b",
         custom_tags={"suite": "vm-text"}, retry_initial=0.05,
@@ -204,7 +206,7 @@ def test_text_values_reach_victoria_metrics_as_its_numeric_reading_of_the_string
     }
     # "nan" would be a NaN sample, which VictoriaMetrics does not keep.
     assert got == {
-        ("t_value_str", "r1"): [0],
+        ("t_value", "r1"): [0],
         ("t_value_str", "r3"): [math.inf],
         ("n_value", "r1"): [1],
         ("n_value", "r2"): [2],

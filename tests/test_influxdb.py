@@ -33,6 +33,7 @@ from flask_chest_otel._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SC
 from flask_chest_otel.influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
 
 from .conftest import sample_app
+from .http_sink import HTTPSink, Reply
 from .servers import (
     InfluxDB1,
     InfluxDB2WriteDouble,
@@ -309,23 +310,28 @@ def test_missing_org_or_bucket_is_rejected_naming_both(
     assert f"org {org!r}" in outcome.message and f"bucket {bucket!r}" in outcome.message
 
 
-def test_malformed_line_is_rejected_quoting_the_line(
+def test_malformed_line_makes_the_batch_invalid_quoting_the_line(
     double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
 ) -> None:
+    """A 400 for one line refuses the batch for what one item holds: INVALID,
+    which the delivery layer narrows down to that item."""
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
     outcome = exporter._send([LINE, b"broken line here"])
-    assert outcome.status is Status.REJECTED
+    assert outcome.status is Status.INVALID
     assert "400" in outcome.message and "broken line here" in outcome.message
 
 
-def test_field_type_conflict_422_is_rejected_counting_the_delivered_points(
+def test_unhealable_field_type_conflict_422_is_rejected_counting_the_delivered_points(
     double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
 ) -> None:
+    """A string where a float is stored cannot be converted: that point is
+    refused (named, with both types), the other one delivered."""
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
     assert exporter._send([LINE]).status is Status.DELIVERED
     outcome = exporter._send([b'm value="text" 2', b"m2 value=1 2"])
     assert outcome.status is Status.REJECTED
-    assert "422" in outcome.message and "field type conflict" in outcome.message
+    assert "field type conflict" in outcome.message
+    assert "measurement 'm' field 'value': string sent, float stored" in outcome.message
     assert outcome.delivered == 1
 
 
@@ -533,3 +539,60 @@ def test_telegraf_prometheus_v2_schema_is_available(
     lines = [line.decode() for line in exporter._encode(app_data())]
     assert any(line.startswith("prometheus,") and " orders=7i," in line for line in lines)
     assert any(",le=+Inf," in line and "latency_bucket=4" in line for line in lines)
+
+
+# -- messages users act on ------------------------------------------------------------
+
+
+def test_v2_mode_against_influxdb_1x_names_database_as_the_fix(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    """org/bucket given to an InfluxDB 1.6 server (no /api/v2/write): the
+    message names the server version and database= as the fix."""
+    exporter = make(exporters, url=influxd.url, token=TOKEN, org="o", bucket="b")
+    outcome = exporter._send([LINE])
+    assert outcome.status is Status.REJECTED
+    assert "404" in outcome.message and "InfluxDB 1.6" in outcome.message
+    assert "give database=" in outcome.message
+
+
+def test_v1_basic_auth_failure_talks_about_username_and_password_not_a_token(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    bad = make(exporters, url=influxd.url, database="chest", username="admin", password="no")
+    outcome = bad._send([LINE])
+    assert outcome.status is Status.REJECTED and "401" in outcome.message
+    assert "username 'admin' and its password" in outcome.message
+    assert "token" not in outcome.message.lower() and "bucket" not in outcome.message
+
+
+def test_non_json_error_body_does_not_configure_the_applications_logging(
+    exporters: list[InfluxDBMetricExporter],
+) -> None:
+    """influxdb-client logs a non-JSON error body with the module-level
+    logging.debug(), which would add a handler to the root logger of an app
+    that configured no logging: the root logger gains no handler."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # an application that has configured no logging
+    try:
+        with HTTPSink() as sink:
+            sink.default = Reply(status=400, body=b"<html>bad gateway page</html>")
+            exporter = make(exporters, url=sink.url, token=TOKEN, org="o", bucket="b")
+            outcome = exporter._send([LINE])
+            assert outcome.status is Status.REJECTED and "bad gateway page" in outcome.message
+            added = root.handlers[:]
+    finally:
+        root.handlers[:] = saved
+    assert added == []
+
+
+def test_v1_malformed_line_makes_the_batch_invalid(
+    influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
+) -> None:
+    """InfluxDB 1.6 answers 400 "unable to parse" for one bad line among good
+    ones: INVALID (narrowed by the delivery layer), the line quoted."""
+    exporter = make(exporters, url=influxd.url, database="chest", username="admin", password="pw")
+    outcome = exporter._send([b"good value=1 1", b"broken line here"])
+    assert outcome.status is Status.INVALID
+    assert "400" in outcome.message and "broken line here" in outcome.message
