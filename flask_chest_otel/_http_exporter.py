@@ -79,9 +79,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             failure. 429, 5xx, connection errors and timeouts are retried
             with backoff honouring ``Retry-After``; 413 and any other status
             is logged (status, body excerpt) and the payload dropped.
-        name, logger, retry_initial, retry_max, max_buffer_items,
-            max_buffer_bytes and other keyword options: see
-            ``BufferedExporter``.
+        name, logger, retry_initial, retry_max, max_buffer_items, options:
+            see ``BufferedExporter`` (``max_buffer_bytes``, ...).
     """
 
     def __init__(
