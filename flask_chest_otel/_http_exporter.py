@@ -66,8 +66,9 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             send time; a batch refused with 400 is narrowed down to the
             requests the server refuses.
         headers, params, proxies, verify: as in ``requests.post``; ``verify``
-            defaults to True. A header that HTTP cannot carry (outside
-            Latin-1, a line break) raises ValueError here, without its value.
+            defaults to True. A header value outside Latin-1, which HTTP
+            cannot carry, raises ValueError here, without its value; one with
+            a line break makes every POST a logged rejection (never sent).
         session: a ``requests.Session`` to send through (its adapters, auth,
             cookies); by default the exporter sends on its own connection.
         timeout: seconds, or a ``(connect, read)`` pair; caps a whole send
@@ -117,7 +118,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         for code in codes:
             if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
                 raise ValueError(f"{name}: {code!r} in success_status_codes is not an HTTP status")
-        user_headers = check_headers(headers or {}, name)
+        user_headers, unsendable = check_headers(headers or {}, name)
         raw_headers = {"User-Agent": f"flask_chest_otel/{VERSION}", **user_headers}
         self._sender = Sender(
             url=self.url,
@@ -128,6 +129,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             timeout=timeout,
             session=session,
             what=name,
+            unsendable_header=unsendable,
         )
         super().__init__(
             name=name,

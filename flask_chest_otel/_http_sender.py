@@ -57,10 +57,14 @@ class SendError(Exception):
         self.retry = retry
 
 
-def check_headers(headers: Mapping[str, Any], what: str) -> dict[str, str]:
-    """``headers`` as str -> str if HTTP can carry each (Latin-1, no line
-    breaks); else a ValueError naming the header but never its value."""
+def check_headers(headers: Mapping[str, Any], what: str) -> tuple[dict[str, str], str | None]:
+    """(``headers`` as str -> str, the name of one holding a line break or
+    NUL). A value outside Latin-1, which HTTP cannot carry, raises a
+    ValueError naming the header but never its value. A line break is let
+    through here (the chest then drops what it would send, naming the header,
+    as the InfluxDB chest does with such a token) and never reaches the wire."""
     checked: dict[str, str] = {}
+    broken: str | None = None
     for key, value in headers.items():
         if not isinstance(key, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", key):
             raise ValueError(f"{what}: {key!r} is not a valid HTTP header name")
@@ -81,12 +85,10 @@ def check_headers(headers: Mapping[str, Any], what: str) -> dict[str, str]:
                 "headers cannot carry (value not shown)"
             ) from None
         if _FORBIDDEN_IN_HEADER.search(value):
-            raise ValueError(
-                f"{what}: header {key!r} holds a line break or NUL, which HTTP headers "
-                "cannot carry (value not shown)"
-            )
+            broken = broken or key
+            continue
         checked[key] = value
-    return checked
+    return checked, broken
 
 
 class Scrubber:
@@ -178,6 +180,8 @@ class Sender:
         session: a ``requests.Session`` to send through (its adapters, auth,
             cookies); None sends directly.
         what: the chest's name, for messages.
+        unsendable_header: the name of a header that cannot be sent: every
+            POST is then refused, without its value in the message.
     """
 
     def __init__(
@@ -191,7 +195,9 @@ class Sender:
         timeout: float | tuple[float, float],
         session: requests.Session | None,
         what: str,
+        unsendable_header: str | None = None,
     ) -> None:
+        self.unsendable_header = unsendable_header
         prepared = requests.Request("POST", url, headers=dict(headers), params=params).prepare()
         netrc_auth = requests.utils.get_netrc_auth(url)
         if netrc_auth is not None and "Authorization" not in prepared.headers:
@@ -253,6 +259,12 @@ class Sender:
     def post(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         """POSTs ``body`` with the extra ``headers`` (a Content-Type). Raises
         SendError when no answer came."""
+        if self.unsendable_header is not None:
+            raise SendError(
+                f"not sent: header {self.unsendable_header!r} holds a line break or NUL, "
+                "which HTTP headers cannot carry (value not shown)",
+                retry=False,
+            )
         if self._session is not None:
             return self._post_requests(body, headers)
         deadline = time.monotonic() + self.total_timeout

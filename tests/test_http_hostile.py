@@ -322,10 +322,10 @@ def test_no_secret_of_url_params_or_headers_appears_in_any_output(
 
 @pytest.mark.parametrize(
     "headers",
-    [{"X-SF-Token": "tök€nSECRET"}, {"Authorization": "Bearer SECRET\r\nX-Evil: 1"}],
-    ids=["non-latin-1", "newline"],
+    [{"X-SF-Token": "tök€nSECRET"}, {"Authorization": "Bearer SECRET€"}],
+    ids=["token", "authorization"],
 )
-def test_a_header_that_cannot_be_sent_fails_at_construction_without_its_value(
+def test_a_header_outside_latin_1_fails_at_construction_without_its_value(
     sink: HTTPSink, headers: dict[str, str]
 ) -> None:
     with pytest.raises(ValueError) as raised:
@@ -459,3 +459,19 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_without_loss(
         exporter.export(recorded((f"r{number}", [("v", number)]), start=T0 + number))
         assert exporter.force_flush(10_000)
     assert len(sink.posts()) == 3 and exporter.stats.retried == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://USERSECRET:PASSSECRET@127.0.0.1:99999/x?api_key=QUERYSECRET",
+        "ftp://USERSECRET:PASSSECRET@127.0.0.1/x?api_key=QUERYSECRET",
+    ],
+    ids=["bad-port", "bad-scheme"],
+)
+def test_a_refused_url_is_shown_without_its_secrets(url: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        FlaskChestCustomWriter(name="writer", url=url, payload_generator=json_payload)
+    message = str(raised.value)
+    assert "writer" in message and "127.0.0.1" in message
+    assert not [secret for secret in SECRETS if secret in message], message
