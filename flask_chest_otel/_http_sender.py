@@ -232,7 +232,8 @@ class Sender:
             lines += ["Accept-Encoding: identity", "Connection: keep-alive"]
             names = {"host", "accept-encoding", "connection", "content-length"}
             lines += [f"{k}: {v}" for k, v in self._headers.items() if k.lower() not in names]
-            self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+            self._head = "".join(line + "\r\n" for line in lines).encode("latin-1")
+            self._heads: dict[tuple[tuple[str, str], ...], bytes] = {}
         else:
             self._session = self._new_session()
 
@@ -268,12 +269,11 @@ class Sender:
         if self._session is not None:
             return self._post_requests(body, headers)
         deadline = time.monotonic() + self.total_timeout
-        extra = "".join(f"\r\n{k}: {v}" for k, v in headers.items())
-        if extra:
-            head = self._head[: -len(b"\r\nContent-Length: ")] + extra.encode("latin-1")
-            head += b"\r\nContent-Length: "
-        else:
-            head = self._head
+        key = tuple(headers.items())
+        head = self._heads.get(key)
+        if head is None:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+            head = self._heads[key] = self._head + extra + b"Content-Length: "
         message = b"%s%d\r\n\r\n%s" % (head, len(body), body)
         reused = self._sock is not None and not _dropped(self._sock)
         if not reused:
