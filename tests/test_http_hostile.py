@@ -475,3 +475,31 @@ def test_a_refused_url_is_shown_without_its_secrets(url: str) -> None:
     message = str(raised.value)
     assert "writer" in message and "127.0.0.1" in message
     assert not [secret for secret in SECRETS if secret in message], message
+
+
+def test_a_413_splits_a_batch_and_every_request_arrives_once(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Batched, the writer buffers requests, not a ready payload: a 413 splits
+    the batch and the halves are sent, so nothing is lost."""
+    sink.script(Reply(413, b"entity too large"))
+    exporter = make_exporter(per_request=False)
+    exporter.export(recorded(*[(f"r{n}", [("v", n)]) for n in range(10)]))
+    assert exporter.force_flush(10_000)
+    refused, *accepted = sink.posts()
+    assert len(refused.json()) == 10
+    arrived = [entry["request_id"] for post in accepted for entry in post.json()]
+    assert sorted(arrived) == sorted(f"r{n}" for n in range(10))
+    assert len(accepted) == 2 and exporter.stats.dropped_rejected == 0
+
+
+def test_a_413_per_request_drops_exactly_that_request(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    sink.script(Reply(413, b"entity too large"))
+    exporter = make_exporter()
+    exporter.export(recorded(*[(f"r{n}", [("v", n)]) for n in range(3)]))
+    assert exporter.force_flush(10_000)
+    arrived = [post.json()[0]["request_id"] for post in sink.posts()]
+    assert arrived == ["r0", "r1", "r2"]  # r0 was refused, then r1 and r2 delivered
+    assert exporter.stats.dropped_rejected == 1 and exporter.stats.exported == 2
