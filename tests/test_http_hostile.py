@@ -503,3 +503,41 @@ def test_a_413_per_request_drops_exactly_that_request(
     arrived = [post.json()[0]["request_id"] for post in sink.posts()]
     assert arrived == ["r0", "r1", "r2"]  # r0 was refused, then r1 and r2 delivered
     assert exporter.stats.dropped_rejected == 1 and exporter.stats.exported == 2
+
+
+FORK_SCRIPT = """
+import os, sys
+from flask_chest_otel.http_payload import HTTPPayloadMetricExporter, json_payload
+from tests.test_http_payload import recorded
+
+exporter = HTTPPayloadMetricExporter(url=sys.argv[1], payload_generator=json_payload)
+exporter.export(recorded(("before-fork", [("v", 1)])))
+assert exporter.force_flush(10_000)
+pid = os.fork()
+who = "child" if pid == 0 else "parent"
+exporter.export(recorded((who, [("v", 2)])))
+ok = exporter.force_flush(10_000) and exporter.stats.exported == (1 if pid == 0 else 2)
+if pid == 0:
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(0 if ok and status == 0 else 1)
+"""
+
+
+def test_a_forked_child_opens_its_own_connection(sink: HTTPSink) -> None:
+    """The parent's kept-alive socket is not shared: each process's POST
+    arrives whole, the child's on a connection of its own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, sink.url + "/ingest"],
+        cwd=root, timeout=60, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    by_id = {post.json()[0]["request_id"]: post.client for post in sink.posts()}
+    assert set(by_id) == {"before-fork", "parent", "child"}
+    assert by_id["child"] != by_id["before-fork"]
+    assert by_id["parent"] == by_id["before-fork"]  # the parent keeps its connection
