@@ -308,8 +308,10 @@ class Sender:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl_context is not None:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                sock = self._ssl_context.wrap_socket(sock, server_hostname=self._host)
+                sock = self._ssl_context.wrap_socket(
+                    sock, server_hostname=self._host, do_handshake_on_connect=False
+                )
+                _handshake(sock, deadline)
         except BaseException:
             sock.close()
             raise
@@ -376,3 +378,20 @@ def _dropped(sock: socket.socket) -> bool:
     except (OSError, ValueError):
         return True
     return bool(readable)
+
+
+def _handshake(sock: ssl.SSLSocket, deadline: float) -> None:
+    """The TLS handshake, bounded as a whole by ``deadline`` (a blocking one
+    would give each of its reads the full timeout)."""
+    sock.setblocking(False)
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            readers, writers = [sock], []
+        except ssl.SSLWantWriteError:
+            readers, writers = [], [sock]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not any(select.select(readers, writers, [], remaining)[:2]):
+            raise TimeoutError("TLS handshake timed out")

@@ -396,15 +396,22 @@ class TricklingServer:
         self._listener.close()
 
 
-@pytest.mark.parametrize("timeout", [1.0, (0.5, 0.5)], ids=["seconds", "pair"])
+@pytest.mark.parametrize(
+    ("scheme", "timeout"),
+    [("http", 1.0), ("http", (0.5, 0.5)), ("https", 1.0)],
+    ids=["seconds", "pair", "tls-handshake"],
+)
 def test_timeout_caps_a_whole_send_against_a_server_answering_a_byte_at_a_time(
     make_exporter: Callable[..., HTTPPayloadMetricExporter],
     caplog: pytest.LogCaptureFixture,
+    scheme: str,
     timeout: Any,
 ) -> None:
+    """Also when the bytes trickle during the TLS handshake."""
     server = TricklingServer(interval=0.3)
     try:
-        exporter = make_exporter(url=f"http://127.0.0.1:{server.port}/", timeout=timeout)
+        url = f"{scheme}://127.0.0.1:{server.port}/"
+        exporter = make_exporter(url=url, timeout=timeout)
         started = time.time()
         exporter.export(recorded(("r1", [("v", 1)])))
         deadline = time.monotonic() + 10
