@@ -13,9 +13,11 @@ per-request mode one POST each; batched, many per POST).
 It then prints the client CPU per POST (``time.process_time`` around N POSTs
 of the same one-request body to the same keep-alive sink, median of 5
 interleaved rounds, spread in brackets): a raw keep-alive ``http.client``
-POST (the practical floor), ``requests.Session.post``, and the per-request
-writer, once fed ready payloads (its send path) and once fed MetricsData
-(generator, encoding and send: the whole per-request path).
+POST (the practical floor), ``requests.Session.post`` (with and without its
+per-call environment look-up), urllib3's pool (what a requests adapter
+sends through), and the per-request writer, once fed ready payloads (its
+send path) and once fed MetricsData (generator, encoding and send: the whole
+per-request path).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from opentelemetry.sdk.metrics.export import (
     Gauge,
     Metric,
@@ -123,8 +126,9 @@ def _cpu_raw(url: str, body: bytes, posts: int) -> float:
     return cpu
 
 
-def _cpu_requests(url: str, body: bytes, posts: int) -> float:
+def _cpu_requests(url: str, body: bytes, posts: int, trust_env: bool = True) -> float:
     session = requests.Session()
+    session.trust_env = trust_env
     headers = {"Content-Type": "application/json"}
     start = time.process_time()
     for _ in range(posts):
@@ -132,6 +136,18 @@ def _cpu_requests(url: str, body: bytes, posts: int) -> float:
         assert response.status_code == 200
     cpu = time.process_time() - start
     session.close()
+    return cpu
+
+
+def _cpu_urllib3(url: str, body: bytes, posts: int) -> float:
+    pool = urllib3.PoolManager(maxsize=1).connection_from_url(url)
+    headers = {"Content-Type": "application/json"}
+    start = time.process_time()
+    for _ in range(posts):
+        response = pool.urlopen("POST", "/ingest", body=body, headers=headers, retries=False)
+        assert response.status == 200
+    cpu = time.process_time() - start
+    pool.close()
     return cpu
 
 
@@ -159,6 +175,8 @@ def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
     variants: list[tuple[str, Callable[[], float]]] = [
         ("raw http.client keep-alive", lambda: _cpu_raw(url, body, posts)),
         ("requests.Session.post", lambda: _cpu_requests(url, body, posts)),
+        ("  the same, trust_env=False", lambda: _cpu_requests(url, body, posts, False)),
+        ("urllib3 pool urlopen", lambda: _cpu_urllib3(url, body, posts)),
         ("writer, send path", lambda: _cpu_writer(url, body, posts, whole_path=False)),
         ("writer, export + send", lambda: _cpu_writer(url, body, posts, whole_path=True)),
     ]
