@@ -5,23 +5,38 @@ Runs the test suite's loopback HTTP sink in its own process, feeds an
 N requests of the sample app (``transaction`` and ``response_time``), and
 times export + delivery until the sink has acknowledged every POST.
 
-    python benchmarks/bench_http_writer.py [--requests 5000]
+    python benchmarks/bench_http_writer.py [--requests 5000] [--cpu-posts 2000]
 
 "payloads/s" counts requests whose tuples were delivered per second (in
 per-request mode one POST each; batched, many per POST).
+
+It then prints the client CPU per POST (``time.process_time`` around N POSTs
+of the same one-request body to the same keep-alive sink, median of 5
+interleaved rounds, spread in brackets): a raw keep-alive ``http.client``
+POST (the practical floor), ``requests.Session.post`` (with and without its
+per-call environment look-up), urllib3's pool (what a requests adapter
+sends through), and the per-request writer, once fed ready payloads (its
+send path) and once fed MetricsData (generator, encoding and send: the whole
+per-request path).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
+import urllib3
 from opentelemetry.sdk.metrics.export import (
     Gauge,
     Metric,
@@ -33,7 +48,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from flask_chest_otel.http_payload import HTTPPayloadMetricExporter, json_payload
+from flask_chest_otel.http_payload import HTTPPayloadMetricExporter, Payload, json_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,9 +111,103 @@ def run(
     }
 
 
+def _cpu_raw(url: str, body: bytes, posts: int) -> float:
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port)
+    headers = {"Content-Type": "application/json", "User-Agent": "bench"}
+    start = time.process_time()
+    for _ in range(posts):
+        connection.request("POST", "/ingest", body, headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+    cpu = time.process_time() - start
+    connection.close()
+    return cpu
+
+
+def _cpu_requests(url: str, body: bytes, posts: int, trust_env: bool = True) -> float:
+    session = requests.Session()
+    session.trust_env = trust_env
+    headers = {"Content-Type": "application/json"}
+    start = time.process_time()
+    for _ in range(posts):
+        response = session.post(url + "/ingest", data=body, headers=headers)
+        assert response.status_code == 200
+    cpu = time.process_time() - start
+    session.close()
+    return cpu
+
+
+def _cpu_urllib3(url: str, body: bytes, posts: int) -> float:
+    pool = urllib3.PoolManager(maxsize=1).connection_from_url(url)
+    headers = {"Content-Type": "application/json"}
+    start = time.process_time()
+    for _ in range(posts):
+        response = pool.urlopen("POST", "/ingest", body=body, headers=headers, retries=False)
+        assert response.status == 200
+    cpu = time.process_time() - start
+    pool.close()
+    return cpu
+
+
+def _cpu_writer(url: str, body: bytes, posts: int, whole_path: bool) -> float:
+    exporter = HTTPPayloadMetricExporter(url=url + "/ingest", payload_generator=json_payload)
+    exports = [metrics_for(first, 100) for first in range(0, posts, 100)]
+    payload = Payload(body, True, "request bench", 1)
+    start = time.process_time()
+    if whole_path:
+        for data in exports:
+            exporter.export(data)
+    else:
+        exporter.enqueue([(payload, len(body))] * posts)
+    if not exporter.force_flush(timeout_millis=120_000):
+        raise SystemExit("bench: delivery did not finish in 120 s")
+    cpu = time.process_time() - start
+    exporter.shutdown()
+    assert exporter.stats.exported == posts and exporter.stats.dropped == 0, exporter.stats
+    return cpu
+
+
+def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
+    [body_items] = [json_payload(group) for group in _one_request()]
+    body = json.dumps(body_items, separators=(",", ":")).encode()
+    variants: list[tuple[str, Callable[[], float]]] = [
+        ("raw http.client keep-alive", lambda: _cpu_raw(url, body, posts)),
+        ("requests.Session.post", lambda: _cpu_requests(url, body, posts)),
+        ("  the same, trust_env=False", lambda: _cpu_requests(url, body, posts, False)),
+        ("urllib3 pool urlopen", lambda: _cpu_urllib3(url, body, posts)),
+        ("writer, send path", lambda: _cpu_writer(url, body, posts, whole_path=False)),
+        ("writer, export + send", lambda: _cpu_writer(url, body, posts, whole_path=True)),
+    ]
+    results: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for _ in range(rounds):
+        for label, measure in variants:
+            results[label].append(measure() / posts * 1e6)
+    floor = statistics.median(results[variants[0][0]])
+    print(
+        f"\nclient CPU per POST ({posts} POSTs of {len(body)} bytes, median of {rounds} rounds)\n"
+    )
+    header = f"{'path':28} {'us/POST':>8} {'spread':>15} {'vs raw':>7}"
+    print(header)
+    print("-" * len(header))
+    for label, samples in results.items():
+        median = statistics.median(samples)
+        spread = f"[{min(samples):.0f}-{max(samples):.0f}]"
+        print(f"{label:28} {median:>8.1f} {spread:>15} {median / floor:>6.2f}x")
+
+
+def _one_request() -> list[list[Any]]:
+    exporter = HTTPPayloadMetricExporter(url="http://127.0.0.1:9/", payload_generator=json_payload)
+    groups = exporter.context_tuple_lists(metrics_for(0, 1))
+    exporter.shutdown()
+    return groups
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--cpu-posts", type=int, default=2000)
     args = parser.parse_args()
     server = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "http_sink.py")], stdout=subprocess.PIPE, text=True
@@ -125,6 +234,7 @@ def main() -> None:
                 f"{label:32} {r['posts']:>6} {r['kib']:>7.0f} {r['seconds']:>6.2f} "
                 f"{r['encode_us']:>13.1f} {r['posts_s']:>8.0f} {r['payloads_s']:>10.0f}"
             )
+        cpu_per_post(url, args.cpu_posts)
     finally:
         server.terminate()
         server.wait(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from datetime import timezone
 from urllib.parse import urlsplit, urlunsplit
@@ -19,10 +20,20 @@ def check_url(url: object, what: str) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ValueError(f"{what}: malformed url {url!r}: {exc}") from None
+        shown = redact_url(url)
+        raise ValueError(f"{what}: malformed url {shown!r}: {redact_url(str(exc))}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{what}: url must be an http:// or https:// URL with a host, got {url!r}")
+        raise ValueError(
+            f"{what}: url must be an http:// or https:// URL with a host, got {redact_url(url)!r}"
+        )
     return url
+
+
+def redact_url(text: str) -> str:
+    """``text`` with any URL's user info and query replaced by ``***``, even
+    when the URL is too malformed to parse."""
+    text = re.sub(r"(//)[^/?#@\s]*@", r"\1***@", text)
+    return re.sub(r"\?[^\s#'\"]*", "?***", text)
 
 
 def safe_url(url: str, keep_query: bool = False) -> str:

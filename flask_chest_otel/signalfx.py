@@ -7,11 +7,19 @@ The body is ``{"gauge": [...], "counter": [...], "cumulative_counter": [...]}``
 milliseconds. Names are made to fit SignalFx's documented limits instead of
 having the whole POST refused: metric names are cut to 256 characters;
 dimension names keep letters, digits, ``_`` and ``-`` (others become ``_``),
-must start with a letter and not with ``sf_``/``aws_``/``gcp_``/``azure_``
-(such names get a ``d_`` prefix) and are cut to 128 characters; dimension
-values are cut to 256 characters, empty ones left out; at most 36 dimensions
-are kept. A value that is not a finite number (a text value, NaN) has no
-SignalFx datapoint and is left out.
+must start with a letter and not with the reserved ``sf_`` (such names get a
+``d_`` prefix; ``Sf_x`` or ``aws_x`` are valid and kept) and are cut to 128
+characters; dimension values are cut to 256 characters, empty ones left out;
+at most 36 dimensions are kept. Two names that become the same dimension
+(``a.b`` and ``a_b``) are not merged: the first keeps it, the other is left
+out and a warning names both.
+
+Values: a bool is sent as 1 or 0, an int within 64 bits as a JSON integer, a
+larger one as a float (SignalFx stores 64-bit integers or doubles). A value
+that is not a finite number (a text value, NaN) has no SignalFx datapoint and
+is left out. A delta sum, an UpDownCounter's included, goes in ``counter``:
+it is the change over the interval, which SignalFx sums; as a gauge it would
+read as the level. A cumulative UpDownCounter (the level) is a ``gauge``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from fractions import Fraction
@@ -44,12 +54,26 @@ MAX_DIMENSION_NAME = 128
 MAX_DIMENSION_VALUE = 256
 MAX_DIMENSIONS = 36
 KINDS = ("gauge", "counter", "cumulative_counter")
-#: Dimension-name prefixes SignalFx reserves (checked case-insensitively).
-RESERVED_PREFIXES = ("sf_", "aws_", "gcp_", "azure_")
+#: The dimension-name prefix SignalFx reserves for its own dimensions.
+RESERVED_PREFIXES = ("sf_",)
 #: Reserved-prefix dimensions SignalFx defines and accepts from senders.
 ALLOWED_RESERVED = frozenset({"sf_hires"})
 
 _INVALID_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_INT64 = 2**63
+LOGGER = logging.getLogger("flask_chest_otel")
+#: Collisions already reported (each pair once per process, at most 100).
+_REPORTED: set[tuple[str, str]] = set()
+_REPORTED_LOCK = threading.Lock()
+_MAX_REPORTED = 100
+
+
+def _renew_lock_in_child() -> None:
+    global _REPORTED_LOCK
+    _REPORTED_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
 def sanitize_metric_name(name: object) -> str | None:
@@ -63,9 +87,8 @@ def sanitize_dimension_name(name: object) -> str | None:
     text = _INVALID_NAME_CHARS.sub("_", str(name))
     if not text:
         return None
-    lowered = text.lower()
-    reserved = lowered.startswith(RESERVED_PREFIXES) and lowered not in ALLOWED_RESERVED
-    if reserved or not ("a" <= lowered[0] <= "z"):
+    reserved = text.startswith(RESERVED_PREFIXES) and text not in ALLOWED_RESERVED
+    if reserved or not ("a" <= text[0].lower() <= "z"):
         text = "d_" + text
     return text[:MAX_DIMENSION_NAME]
 
@@ -86,27 +109,52 @@ def sanitize_dimension_value(value: object) -> str | None:
 def _number(value: object) -> int | float | None:
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, int):
+    if isinstance(value, int) and -_INT64 <= value < _INT64:
         return value
-    if isinstance(value, (float, Decimal, Fraction)):
-        number = float(value)
+    if isinstance(value, (int, float, Decimal, Fraction)):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
         return number if math.isfinite(number) else None
     return None
 
 
-def _dimensions(
-    sources: Iterable[Mapping[str, Any]],
-) -> dict[str, str]:
+def _dimensions(sources: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     dimensions: dict[str, str] = {}
+    raw_names: dict[str, str] = {}
     for source in sources:
         for raw_name, raw_value in source.items():
-            if len(dimensions) >= MAX_DIMENSIONS:
-                return dimensions
             name = sanitize_dimension_name(raw_name)
             value = sanitize_dimension_value(raw_value)
-            if name is not None and value is not None:
-                dimensions.setdefault(name, value)
+            if name is None or value is None:
+                continue
+            first = raw_names.setdefault(name, str(raw_name))
+            if name in dimensions:
+                if first != str(raw_name):
+                    _report_collision(first, str(raw_name), name)
+                continue
+            if len(dimensions) >= MAX_DIMENSIONS:
+                return dimensions
+            dimensions[name] = value
     return dimensions
+
+
+def _report_collision(first: str, other: str, name: str) -> None:
+    key = (first, other)
+    with _REPORTED_LOCK:
+        if key in _REPORTED or len(_REPORTED) >= _MAX_REPORTED:
+            return
+        _REPORTED.add(key)
+    LOGGER.warning(
+        "SignalFx: dimensions %r and %r both become %r; %r is kept, %r left out "
+        "(rename one of them)",
+        first,
+        other,
+        name,
+        first,
+        other,
+    )
 
 
 def make_signalfx_payload(
@@ -191,6 +239,7 @@ class FlaskChestSignalFx(FlaskChestCustomWriter):
     token is sent as ``X-SF-Token`` and never logged. ``dimensions``,
     ``request_id_dimension`` and ``metric_prefix`` go to
     ``make_signalfx_payload``; a custom ``payload_generator`` replaces it.
+    Other keyword options go to ``HTTPPayloadMetricExporter``.
     """
 
     def __init__(
@@ -214,6 +263,7 @@ class FlaskChestSignalFx(FlaskChestCustomWriter):
         timeout: float | tuple[float, float] = 10.0,
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
+        **options: Any,
     ) -> None:
         if (realm is None) == (url is None):
             raise ValueError(f"{name}: give exactly one of realm= and url=")
@@ -238,4 +288,5 @@ class FlaskChestSignalFx(FlaskChestCustomWriter):
             per_request=per_request,
             retry_initial=retry_initial,
             retry_max=retry_max,
+            **options,
         )

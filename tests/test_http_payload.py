@@ -565,8 +565,8 @@ def test_a_generator_that_raises_is_logged_with_the_request_id_and_skipped(
 
 @pytest.mark.parametrize(
     "result",
-    [{1, 2}, object(), {"x": float("nan")}, {("a", "b"): 1}, {"when": datetime(2024, 1, 1)}],
-    ids=["set", "object", "nan", "tuple-key", "datetime"],
+    [{1, 2}, object(), {("a", "b"): 1}, {"when": datetime(2024, 1, 1)}],
+    ids=["set", "object", "tuple-key", "datetime"],
 )
 def test_a_result_that_is_not_serialisable_is_logged_and_skipped(
     sink: HTTPSink,

@@ -1,0 +1,204 @@
+"""Context tuples: what a payload generator receives, made from MetricsData.
+
+A decorated variable (scope ``flask_chest_otel``) becomes one tuple
+``(variable_name, value, request_id)``; the tuples of one request are grouped
+in the order the decorator recorded them. Any other OTel metric becomes one
+tuple per data point, ``(metric_name, value, None)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    Metric,
+    MetricsData,
+    NumberDataPoint,
+    Sum,
+)
+
+from ._names import (
+    ATTR_INDEX,
+    ATTR_METHOD,
+    ATTR_REQUEST_ID,
+    ATTR_ROUTE,
+    ATTR_STRING_VALUE,
+    ATTR_TIME,
+    SCOPE_NAME,
+)
+from ._trace import point_trace
+
+#: How the decorator's attributes are named in ``ContextTuple.attributes``
+#: (the InfluxDB tag names).
+_DECORATED_ATTRIBUTES = {ATTR_METHOD: "method", ATTR_ROUTE: "route"}
+
+
+class ContextTuple(tuple[str, Any, "str | None"]):
+    """``(variable_name, variable_value, request_id)``, plus what OTel knew.
+
+    The value keeps its type: a ``bool``, an ``int``, a ``float`` (possibly
+    NaN or an infinity) or the ``str`` a text value was.
+
+    Attributes:
+        attributes: the data point's attributes; for a decorated variable
+            ``method`` and ``route`` (the request ID is the tuple's third
+            item), and ``trace_id``/``span_id`` (lower-case hex) when the
+            request ran in a recording span.
+        time_unix_nano: the request's time (decorated variables) or the data
+            point's time (other metrics); 0 if unknown.
+        kind: ``"gauge"`` (a gauge, a decorated variable, or the level a
+            cumulative non-monotonic sum holds), ``"counter"`` (a delta sum:
+            the change over the interval, negative for an UpDownCounter going
+            down) or ``"cumulative_counter"`` (a cumulative monotonic sum).
+    """
+
+    attributes: Mapping[str, Any]
+    time_unix_nano: int
+    kind: str
+
+    def __new__(
+        cls,
+        name: str,
+        value: Any,
+        request_id: str | None,
+        attributes: Mapping[str, Any] | None = None,
+        time_unix_nano: int = 0,
+        kind: str = "gauge",
+    ) -> ContextTuple:
+        self = super().__new__(cls, (name, value, request_id))
+        self.attributes = attributes or {}
+        self.time_unix_nano = time_unix_nano
+        self.kind = kind
+        return self
+
+    # A plain tuple's pickling would call __new__ with one argument.
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return (*self, dict(self.attributes), self.time_unix_nano, self.kind)
+
+    @property
+    def name(self) -> str:
+        return self[0]
+
+    @property
+    def value(self) -> Any:
+        return self[1]
+
+    @property
+    def request_id(self) -> str | None:
+        return self[2]
+
+
+def context_tuples(
+    metrics_data: MetricsData, unsupported: Callable[[Metric], None]
+) -> tuple[list[list[ContextTuple]], list[ContextTuple]]:
+    """(the tuples of each request, in request time order; the tuples of
+    every other metric). ``unsupported`` is called for a metric that has no
+    tuple layout (an exponential histogram)."""
+    # request key -> (time, first seen, [(metric order, tuple)])
+    requests_: dict[tuple[Any, ...], tuple[int, int, list[tuple[int, ContextTuple]]]] = {}
+    others: list[ContextTuple] = []
+    order = 0
+    for resource_metrics in metrics_data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            decorated = scope_metrics.scope.name == SCOPE_NAME
+            for metric in scope_metrics.metrics:
+                order += 1
+                if not decorated:
+                    others.extend(_metric_tuples(metric, unsupported))
+                    continue
+                for point in metric.data.data_points:
+                    key, item, index = _decorated_tuple(
+                        metric.name, point  # type: ignore[arg-type]
+                    )
+                    entry = requests_.get(key)
+                    if entry is None:
+                        entry = requests_[key] = (item.time_unix_nano, len(requests_), [])
+                    entry[2].append((order if index is None else index, item))
+    groups = sorted(requests_.values(), key=lambda entry: (entry[0], entry[1]))
+    return [
+        [item for _, item in sorted(entry[2], key=lambda pair: pair[0])] for entry in groups
+    ], others
+
+
+def _decorated_tuple(
+    name: str, point: NumberDataPoint
+) -> tuple[tuple[Any, ...], ContextTuple, int | None]:
+    """(the request's key, the tuple, its position among the request's
+    variables when the decorator gave one)."""
+    attributes: dict[str, Any] = {}
+    value: Any = point.value
+    request_id: str | None = None
+    index: int | None = None
+    time_unix_nano = point.time_unix_nano
+    for attribute, attribute_value in (point.attributes or {}).items():
+        if attribute == ATTR_INDEX:
+            index = int(attribute_value)  # type: ignore[arg-type]
+        elif attribute == ATTR_REQUEST_ID:
+            request_id = str(attribute_value)
+        elif attribute == ATTR_STRING_VALUE:
+            value = str(attribute_value)
+        elif attribute == ATTR_TIME:
+            time_unix_nano = int(attribute_value)  # type: ignore[arg-type]
+        else:
+            attributes[_DECORATED_ATTRIBUTES.get(attribute, attribute)] = attribute_value
+    _add_trace(attributes, point)
+    item = ContextTuple(name, value, request_id, attributes, time_unix_nano, "gauge")
+    # Two requests may share an ID (a clock-based generator): their times differ.
+    key = (request_id, time_unix_nano, attributes.get("method"), attributes.get("route"))
+    return key, item, index
+
+
+def _add_trace(attributes: dict[str, Any], point: NumberDataPoint) -> None:
+    link = point_trace(point)
+    if link is not None:
+        attributes["trace_id"], attributes["span_id"] = link
+
+
+def _sum_kind(data: Sum) -> str:
+    # A delta is a change over the interval, whether or not the sum may go
+    # down (an UpDownCounter): read as a gauge it would pass for the level.
+    if data.aggregation_temporality is not AggregationTemporality.CUMULATIVE:
+        return "counter"
+    return "cumulative_counter" if data.is_monotonic else "gauge"
+
+
+def _metric_tuples(metric: Metric, unsupported: Callable[[Metric], None]) -> list[ContextTuple]:
+    data = metric.data
+    name = metric.name
+    out: list[ContextTuple] = []
+    if isinstance(data, (Gauge, Sum)):
+        kind = _sum_kind(data) if isinstance(data, Sum) else "gauge"
+        for point in data.data_points:
+            attributes = dict(point.attributes or {})
+            _add_trace(attributes, point)
+            at = point.time_unix_nano
+            out.append(ContextTuple(name, point.value, None, attributes, at, kind))
+    elif isinstance(data, Histogram):
+        kind = (
+            "cumulative_counter"
+            if data.aggregation_temporality is AggregationTemporality.CUMULATIVE
+            else "counter"
+        )
+        for hpoint in data.data_points:
+            attributes = dict(hpoint.attributes or {})
+            at = hpoint.time_unix_nano
+            out.append(ContextTuple(f"{name}_count", hpoint.count, None, attributes, at, kind))
+            out.append(ContextTuple(f"{name}_sum", hpoint.sum, None, attributes, at, kind))
+            if hpoint.count:
+                out.append(ContextTuple(f"{name}_min", hpoint.min, None, attributes, at, "gauge"))
+                out.append(ContextTuple(f"{name}_max", hpoint.max, None, attributes, at, "gauge"))
+            cumulative = 0
+            bounds = [*(str(float(bound)) for bound in hpoint.explicit_bounds), "+Inf"]
+            for bound, count in zip(bounds, hpoint.bucket_counts, strict=False):
+                cumulative += count
+                bucket_attributes = {**attributes, "le": bound}
+                out.append(
+                    ContextTuple(f"{name}_bucket", cumulative, None, bucket_attributes, at, kind)
+                )
+    else:  # ExponentialHistogram: no tuple layout that generators could rely on
+        unsupported(metric)
+    return out

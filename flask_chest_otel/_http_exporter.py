@@ -1,0 +1,317 @@
+"""``HTTPPayloadMetricExporter``: context tuples -> a user's payload
+generator -> one POST per payload, from the exporter's own thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from opentelemetry.sdk.metrics.export import Metric, MetricsData
+
+from ._context_tuple import ContextTuple, context_tuples
+from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._http import check_url, parse_retry_after, safe_url
+from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
+from ._json_payload import serialise
+from ._recorder import VERSION
+
+#: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
+#: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
+#: flask-chest's ``Callable[[List[Tuple[str, str, str]]], ...]`` generators fit.
+PayloadGenerator = Callable[[Any], Any]
+
+DEFAULT_SUCCESS_STATUS_CODES = (200, 201, 202, 204)
+#: Most requests one batched POST carries.
+MAX_BATCH_REQUESTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """One POST body, ready to send (per-request mode)."""
+
+    body: bytes
+    is_json: bool
+    #: What the payload holds, for log lines: "request <id>" or "3 requests".
+    label: str
+    requests: int
+
+
+#: In batched mode an item is one request's tuples (or the tuples of the
+#: other metrics of one export); a batch of them makes one POST.
+Tuples = tuple[ContextTuple, ...]
+Item = Payload | Tuples
+
+
+class HTTPPayloadMetricExporter(BufferedExporter[Item]):
+    """A MetricExporter that POSTs user-generated payloads to a URL.
+
+    Sent oldest first by the exporter's own thread, one POST at a time on one
+    keep-alive connection.
+
+    Args:
+        url: where to POST; a malformed URL raises ValueError here.
+        payload_generator: called with a list of ``ContextTuple``; returns a
+            dict/list/tuple/number/bool/None (sent as ``application/json``)
+            or ``str``/``bytes`` (sent as is, without a Content-Type unless
+            ``headers`` gives one). One that raises or returns anything else
+            is logged with the request ID and that payload skipped (counted
+            in ``stats.dropped_encoding``); in batched mode only the requests
+            it fails on are skipped.
+        per_request: True (default, flask-chest's behaviour): one generator
+            call and one POST per request, at export time. False: one call
+            and one POST per batch of buffered requests (up to 10,000), at
+            send time; a batch refused with 400 is narrowed down to the
+            requests the server refuses.
+        headers, params, proxies, verify: as in ``requests.post``; ``verify``
+            defaults to True. A header value outside Latin-1, which HTTP
+            cannot carry, raises ValueError here, without its value; one with
+            a line break makes every POST a logged rejection (never sent).
+        session: a ``requests.Session`` to send through (its adapters, auth,
+            cookies); by default the exporter sends on its own connection.
+        timeout: seconds, or a ``(connect, read)`` pair; caps a whole send
+            (connect, send, wait for and read the answer) at the seconds or
+            the pair's sum. Through a proxy or a ``session``, requests
+            applies it to each socket operation instead.
+        success_status_codes: statuses that mean delivered (default
+            200, 201, 202, 204); redirects are not followed, so a 3xx is a
+            failure. 429, 5xx, connection errors and timeouts are retried
+            with backoff honouring ``Retry-After``; 413 and any other status
+            is logged (status, body excerpt) and the payload dropped.
+        name, logger, retry_initial, retry_max, max_buffer_items, options:
+            see ``BufferedExporter`` (``max_buffer_bytes``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        payload_generator: PayloadGenerator,
+        name: str | None = None,
+        per_request: bool = True,
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+        proxies: Mapping[str, str] | None = None,
+        verify: bool | str = True,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] = 10.0,
+        success_status_codes: Iterable[int] | None = None,
+        logger: logging.Logger | None = None,
+        flush_interval: float = 0.0,
+        retry_initial: float = 1.0,
+        retry_max: float = 30.0,
+        max_buffer_items: int = 200_000,
+        max_buffer_bytes: int = 100_000_000,
+        **options: Any,
+    ) -> None:
+        self.url = check_url(url, name or type(self).__name__)
+        name = name or safe_url(self.url)
+        if not callable(payload_generator):
+            raise TypeError(
+                f"{name}: payload_generator must be callable, got {payload_generator!r}"
+            )
+        codes = tuple(
+            DEFAULT_SUCCESS_STATUS_CODES if success_status_codes is None else success_status_codes
+        )
+        for code in codes:
+            if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
+                raise ValueError(f"{name}: {code!r} in success_status_codes is not an HTTP status")
+        user_headers, unsendable = check_headers(headers or {}, name)
+        raw_headers = {"User-Agent": f"flask_chest_otel/{VERSION}", **user_headers}
+        self._sender = Sender(
+            url=self.url,
+            headers=raw_headers,
+            params=params,
+            proxies=proxies,
+            verify=verify,
+            timeout=timeout,
+            session=session,
+            what=name,
+            unsendable_header=unsendable,
+        )
+        super().__init__(
+            name=name,
+            logger=logger,
+            flush_interval=flush_interval,
+            # Per request, one POST per _send: a retry then never re-sends a
+            # payload that already went (the drain loop retries whole batches).
+            max_batch_items=1 if per_request else MAX_BATCH_REQUESTS,
+            max_buffer_items=max_buffer_items,
+            max_buffer_bytes=max_buffer_bytes,
+            timeout=self._sender.total_timeout,
+            retry_initial=retry_initial,
+            retry_max=retry_max,
+            **options,
+        )
+        self.payload_generator = payload_generator
+        self.per_request = per_request
+        self.params = params
+        self.proxies = self._sender.proxies or None
+        self.verify = verify
+        self.request_timeout = timeout
+        self.success_status_codes = frozenset(codes)
+        self._safe_url = self._sender.safe_url
+        has_type = any(key.lower() == "content-type" for key in user_headers)
+        self._json_headers = {} if has_type else {"Content-Type": "application/json"}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, url={self._safe_url!r})"
+
+    # -- encoding: MetricsData -> context tuples -> payloads -------------------
+
+    def context_tuple_lists(self, metrics_data: MetricsData) -> list[list[ContextTuple]]:
+        """The lists the payload generator is called with for ``metrics_data``."""
+        requests_, others = context_tuples(metrics_data, self._warn_unsupported)
+        if not self.per_request:
+            merged = [item for group in requests_ for item in group] + others
+            return [merged] if merged else []
+        return [*requests_, others] if others else requests_
+
+    def _encode(self, metrics_data: MetricsData) -> Iterator[Item]:
+        requests_, others = context_tuples(metrics_data, self._warn_unsupported)
+        groups = [*requests_, others] if others else requests_
+        if not self.per_request:
+            yield from (tuple(group) for group in groups)
+            return
+        for group in groups:
+            payload = self._generate(group)
+            if payload is not None:
+                yield payload
+
+    def _generate(self, group: list[ContextTuple]) -> Payload | None:
+        label, count = _label(group)
+        try:
+            body, is_json = serialise(self.payload_generator(group))
+        except Exception as exc:
+            self.stats.dropped_encoding += 1
+            self._log_generator_failure(label, exc)
+            return None
+        return Payload(body, is_json, label, count)
+
+    def _log_generator_failure(self, label: str, exc: Exception) -> None:
+        self._log.log(
+            logging.ERROR,
+            "generator",
+            "%s: payload_generator failed for %s: %s; payload skipped",
+            self.name,
+            label,
+            _describe(exc),
+        )
+
+    def _item_size(self, item: Item) -> int:
+        if isinstance(item, Payload):
+            return len(item.body)
+        # A request's tuples: about what their JSON takes.
+        return sum(64 + len(str(value)) + len(request_id or "") for _, value, request_id in item)
+
+    def _warn_unsupported(self, metric: Metric) -> None:
+        self._log.log(
+            logging.WARNING,
+            "unsupported",
+            "%s: metric %r is a %s, which the payload writer does not convert; skipped",
+            self.name,
+            metric.name,
+            type(metric.data).__name__,
+        )
+
+    # -- sending ---------------------------------------------------------------
+
+    def _send(self, batch: Sequence[Item]) -> Outcome:
+        if batch and not isinstance(batch[0], Payload):
+            return self._send_batched(batch)  # type: ignore[arg-type]
+        for sent, payload in enumerate(batch):
+            assert isinstance(payload, Payload)
+            outcome = self._post(payload)
+            if outcome.status is not Status.DELIVERED:
+                return Outcome(outcome.status, outcome.message, outcome.retry_after, sent)
+        return DELIVERED
+
+    def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
+        merged = [item for group in batch for item in group]
+        label, count = _label(merged)
+        try:
+            body, is_json = serialise(self.payload_generator(merged))
+        except Exception:
+            return self._send_isolated(batch)
+        outcome = self._post(Payload(body, is_json, label, count))
+        if outcome.status is Status.REJECTED and outcome.message.startswith("HTTP 400 "):
+            # Refused for what some requests hold: delivery narrows it down.
+            return Outcome(Status.INVALID, outcome.message)
+        return outcome
+
+    def _send_isolated(self, batch: Sequence[Tuples]) -> Outcome:
+        """The generator failed on the batch: skips only the requests it
+        fails on alone, and sends the others."""
+        good: list[Tuples] = []
+        for group in batch:
+            try:
+                serialise(self.payload_generator(list(group)))
+            except Exception as exc:
+                self.stats.dropped_encoding += 1
+                self._log_generator_failure(_label(group)[0], exc)
+            else:
+                good.append(group)
+        skipped = len(batch) - len(good)
+        # Delivery counts the whole batch as exported; the skipped were not.
+        self.stats.exported -= skipped
+        if not good:
+            return DELIVERED
+        if skipped == 0:  # fails on the whole only: send one by one
+            outcomes = [self._send_batched([group]) for group in good]
+            failed = [outcome for outcome in outcomes if outcome.status is not Status.DELIVERED]
+            return failed[0] if failed else DELIVERED
+        return self._send_batched(good)
+
+    def _post(self, payload: Payload) -> Outcome:
+        what = f"POST {self._safe_url} ({payload.label})"
+        try:
+            answer = self._sender.post(payload.body, self._json_headers if payload.is_json else {})
+        except SendError as exc:
+            return Outcome(Status.RETRY if exc.retry else Status.REJECTED, f"{what} failed: {exc}")
+        status = answer.status
+        if status in self.success_status_codes:
+            return DELIVERED
+        return self._refused(answer, what)
+
+    def _refused(self, answer: Answer, what: str) -> Outcome:
+        status = answer.status
+        excerpt = answer.body[:EXCERPT].decode("utf-8", "replace")
+        message = f"HTTP {status} from {what}: {self._sender.scrub(excerpt)!r}"
+        if 300 <= status < 400 and answer.location:
+            location = self._sender.scrub(answer.location)
+            message += f" (redirect to {location!r} not followed)"
+        if status == 429 or 500 <= status <= 599:
+            return Outcome(Status.RETRY, message, parse_retry_after(answer.retry_after))
+        if status == 413:
+            return Outcome(Status.TOO_LARGE, message)
+        return Outcome(Status.REJECTED, message)
+
+    def _close(self) -> None:
+        self._sender.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's kept-alive socket must not be shared with the child.
+        super()._after_fork_in_child()
+        self._sender.after_fork_in_child()
+
+
+def _label(group: Sequence[ContextTuple]) -> tuple[str, int]:
+    request_ids = list(dict.fromkeys(item[2] for item in group if item[2] is not None))
+    if len(request_ids) == 1:
+        return f"request {_printable(request_ids[0])}", 1
+    if request_ids:
+        return f"{len(request_ids)} requests ({_printable(request_ids[0])}...)", len(request_ids)
+    return "metrics without a request", 0
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _describe(exc: Exception) -> str:
+    text = _printable(str(exc))
+    if len(text) > EXCERPT:
+        text = text[:EXCERPT] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
