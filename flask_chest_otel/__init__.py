@@ -8,11 +8,12 @@ from ._delivery import BufferedExporter, DeliveryStats
 from ._recorder import VERSION as __version__
 from ._self_metrics import register_self_metrics
 from .decorator import flask_chest
-from .extension import FlaskChest, flask_chest_exempt
+from .extension import FlaskChestExtension, flask_chest_exempt
 from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 from .influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
 from .meter_provider import FlaskChestMeterProvider
 from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
+from .user_chests import FlaskChest
 
 __all__ = [
     "BufferedExporter",
@@ -22,6 +23,7 @@ __all__ = [
     "InfluxDBMetricExporter",
     "FlaskChest",
     "FlaskChestCustomWriter",
+    "FlaskChestExtension",
     "FlaskChestInfluxDB",
     "FlaskChestMeterProvider",
     "FlaskChestSQLite",

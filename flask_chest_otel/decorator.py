@@ -28,13 +28,14 @@ from ._recorder import RECORDER, Record
 from ._trace import current_span_ids
 from ._values import coerce
 from .meter_provider import FlaskChestMeterProvider
+from .user_chests import is_writer, writer_chest
 
 __all__ = ["flask_chest"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute of a view wrapped by ``@flask_chest``, holding what it records
-#: (the ``FlaskChest`` extension leaves such views to their decorator).
+#: (the ``FlaskChestExtension`` leaves such views to their decorator).
 RECORDING_ATTRIBUTE = "_flask_chest_recording"
 #: Longest request ID kept (flask-chest's limit).
 MAX_REQUEST_ID = 255
@@ -166,16 +167,28 @@ def _route() -> str | None:
 
 
 def check_chests(chests: Any, what: str) -> tuple[Chest | FlaskChestMeterProvider, ...]:
-    """``chests`` (one chest, or a non-empty list of them) as a tuple; else a
-    ValueError or TypeError whose message starts with ``what``."""
-    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
+    """``chests`` (one chest, or a non-empty list of them) as a tuple of our
+    chests, a user's chest (any object with ``write``) replaced by the chest
+    that delivers to it; else a ValueError or TypeError whose message starts
+    with ``what``."""
+    if isinstance(chests, (Chest, FlaskChestMeterProvider)) or (
+        not isinstance(chests, (list, tuple)) and is_writer(chests)
+    ):
         chests = [chests]
     if not isinstance(chests, (list, tuple)) or not chests:
         raise ValueError(f"{what} must be a non-empty list of chests, got {chests!r}")
+    checked: list[Chest | FlaskChestMeterProvider] = []
     for chest in chests:
-        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
-            raise TypeError(f"{what}: {chest!r} is not a chest")
-    return tuple(chests)
+        if isinstance(chest, (Chest, FlaskChestMeterProvider)):
+            checked.append(chest)
+        elif is_writer(chest):
+            checked.append(writer_chest(chest))
+        else:
+            raise TypeError(
+                f"{what}: {chest!r} is not a chest (a chest of this package, or an "
+                "object with a write(context_tuple_list) method such as a FlaskChest subclass)"
+            )
+    return tuple(checked)
 
 
 def _check_tracked_vars(
@@ -207,7 +220,7 @@ def _check_tracked_vars(
 
 
 def flask_chest(
-    chests: Sequence[Chest | FlaskChestMeterProvider],
+    chests: Sequence[Any],
     tracked_vars: Mapping[str, Sequence[str]] | None = None,
     request_id_generator: Callable[[], Any] | None = None,
     raise_exceptions: bool = False,
@@ -215,7 +228,9 @@ def flask_chest(
     """Records chosen ``g`` variables of each request to ``chests``.
 
     Args:
-        chests: where this route's measurements go, and only there.
+        chests: where this route's measurements go, and only there: chests of
+            this package, or your own (a ``FlaskChest`` subclass, or any
+            object with a ``write(context_tuple_list)`` method).
         tracked_vars: HTTP method -> names of ``g`` variables to record for
             it, in order; a method absent records nothing; ``None`` records
             every public attribute of ``g``.

@@ -1,5 +1,5 @@
 """The demo app of ``docker-compose.yml``: flask-chest's sample usage, recorded
-app-wide by ``FlaskChest`` and exported three ways at once:
+app-wide by ``FlaskChestExtension`` and exported three ways at once:
 
 - ``FlaskChestInfluxDB`` to InfluxDB 2.7 (measurements ``transaction`` and
   ``response_time``, field ``value``, tags ``request_id``, ``method``,
@@ -39,7 +39,7 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
 
 from flask_chest_otel import FlaskChestCustomWriter, FlaskChestMeterProvider
-from flask_chest_otel.extension import FlaskChest, flask_chest_exempt
+from flask_chest_otel.extension import FlaskChestExtension, flask_chest_exempt
 from flask_chest_otel.influxdb import FlaskChestInfluxDB
 
 #: What each method records: the sample usage's SLIs.
@@ -48,7 +48,7 @@ TRACKED_VARS = {"GET": ["transaction"], "POST": ["transaction", "response_time"]
 MEASUREMENTS = ("transaction", "response_time")
 
 logger = logging.getLogger("demo_app")
-flask_chest_ext = FlaskChest(tracked_vars=TRACKED_VARS)
+flask_chest_ext = FlaskChestExtension(tracked_vars=TRACKED_VARS)
 
 
 def custom_request_id_generator() -> str:
