@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from flask import g, request
+from opentelemetry import trace
 
 from ._chest import Chest
 from ._delivery import LOGGER, RateLimitedLog
@@ -30,7 +31,7 @@ from ._values import coerce
 from .meter_provider import FlaskChestMeterProvider
 from .user_chests import is_writer, writer_chest
 
-__all__ = ["flask_chest"]
+__all__ = ["default_request_id", "flask_chest", "trace_id_request_id"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +45,13 @@ HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
 
-_log = RateLimitedLog(LOGGER, interval=300.0)
+#: Requests of a route after which a tracked name none of them set is
+#: reported (once) as a likely typo.
+TYPO_CHECK_REQUESTS = 100
+_CHECKED = object()
+
+#: Seconds between two log lines of one kind from one decorator use.
+LOG_INTERVAL = 300.0
 
 
 def default_request_id() -> str:
@@ -54,6 +61,18 @@ def default_request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def trace_id_request_id() -> str:
+    """The current trace's ID (32 lower-case hex digits, as W3C trace context
+    and every tracing UI write it), so that a request ID *is* the trace ID;
+    a UUID4 string when no valid span is current (tracing off, or the
+    request's span not started yet). Use as
+    ``@flask_chest(..., request_id_generator=trace_id_request_id)``."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    return default_request_id()
 
 
 class _Recording:
@@ -74,6 +93,38 @@ class _Recording:
         exporting = [chest for chest in chests if isinstance(chest, Chest)]
         self.providers = [chest for chest in chests if isinstance(chest, FlaskChestMeterProvider)]
         self.sink = RECORDER.sink(exporting) if exporting else None
+        self._log = RateLimitedLog(LOGGER, interval=LOG_INTERVAL)
+        # (URL rule, method) -> [requests seen, tracked names never set yet],
+        # or _CHECKED once the first TYPO_CHECK_REQUESTS requests are seen.
+        self._unseen: dict[tuple[str | None, str], Any] = {}
+
+    def _check_names(
+        self, route: str | None, method: str, names: Iterable[str], values: Mapping[str, Any]
+    ) -> None:
+        """Warns once per route and name about a tracked variable that none
+        of the route's first ``TYPO_CHECK_REQUESTS`` requests set (a typo in
+        ``tracked_vars``, most often). Runs on those requests only."""
+        key = (route, method)
+        state = self._unseen.get(key)
+        if state is None:
+            state = self._unseen.setdefault(key, [0, set(names)])
+        state[0] += 1
+        state[1].difference_update(state[1].intersection(values))
+        if state[0] < TYPO_CHECK_REQUESTS and state[1]:
+            return
+        if self._unseen.pop(key, None) is not state:
+            return  # another request thread got here first
+        self._unseen[key] = _CHECKED
+        for name in sorted(state[1]):
+            LOGGER.warning(
+                "flask_chest_otel: tracked_vars names %r for %s on route %s, but none of "
+                "its first %d requests set g.%s: a typo? It is recorded whenever set.",
+                name,
+                method,
+                route,
+                TYPO_CHECK_REQUESTS,
+                name,
+            )
 
     def start(self) -> None:
         """Sets ``g.custom_request_id`` before the view runs."""
@@ -89,12 +140,16 @@ class _Recording:
             if self.raise_exceptions:
                 raise
             request_id = default_request_id()
-            _log.log(
+            # The key is a kind, never the request's data: a client that makes
+            # the generator fail on every request gets one line per interval,
+            # and the limiter's table one entry. Formatting happens only for
+            # the line that is emitted.
+            self._log.log(
                 logging.WARNING,
-                f"request-id:{_route()}:{exc!r}",
-                "flask_chest_otel: request_id_generator failed (%r) on route %s; "
+                "request_id_generator",
+                "flask_chest_otel: request_id_generator failed (%s) on route %s; "
                 "using a UUID4 instead",
-                exc,
+                _ExceptionText(exc),
                 _route(),
             )
         g.custom_request_id = request_id[:MAX_REQUEST_ID]
@@ -107,7 +162,7 @@ class _Recording:
         except Exception:
             if self.raise_exceptions and not view_failed:
                 raise
-            _log.log(
+            self._log.log(
                 logging.ERROR,
                 f"record:{_route()}",
                 "flask_chest_otel: recording failed on route %s",
@@ -133,8 +188,11 @@ class _Recording:
             ATTR_METHOD: method,
         }
         rule = current_request.url_rule
+        route = None
         if rule is not None:
-            attributes[ATTR_ROUTE] = rule.rule
+            route = attributes[ATTR_ROUTE] = rule.rule
+        if self.tracked is not None and self._unseen.get((route, method)) is not _CHECKED:
+            self._check_names(route, method, names, values)
         now = time.time_ns()
         span_ids = current_span_ids()
         sink = self.sink
@@ -159,6 +217,19 @@ class _Recording:
         if batch:
             # One append for the whole request: a collection never splits it.
             RECORDER.record_many(batch)
+
+
+class _ExceptionText:
+    """An exception's type and text, cut to 200 characters, made only when
+    a log line is emitted (a client's input may be in it)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __str__(self) -> str:
+        return f"{type(self.exc).__name__}: {self.exc}"[:200]
 
 
 def _route() -> str | None:

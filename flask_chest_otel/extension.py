@@ -128,8 +128,13 @@ class FlaskChestExtension:
             bool(config["FLASK_CHEST_RAISE_EXCEPTIONS"]),
         )
         # First among before_request hooks, so that g.custom_request_id is
-        # there for the app's own hooks (logging, say).
-        app.before_request_funcs.setdefault(None, []).insert(0, hooks.before_request)
+        # there for the app's own hooks (logging, say); but after the hook
+        # of opentelemetry-instrumentation-flask, which starts the request's
+        # span, so that a request_id_generator can read the trace.
+        before = app.before_request_funcs.setdefault(None, [])
+        otel_hook = getattr(app, "_before_request", None)
+        position = before.index(otel_hook) + 1 if otel_hook in before else 0
+        before.insert(position, hooks.before_request)
         # after_request hooks run in reverse order: appended, it runs first.
         app.after_request(hooks.after_request)
         app.teardown_request(hooks.teardown_request)

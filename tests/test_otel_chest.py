@@ -1,0 +1,290 @@
+"""FlaskChestOTel: OpenTelemetry's own OTLP exporters (gRPC and HTTP, SDK
+1.45.1) as chests, against real OTLP receivers, with
+opentelemetry-instrumentation-flask tracing the requests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+from flask import Flask, g
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+    OTLPMetricExporter as GRPCMetricExporter,
+)
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+    OTLPMetricExporter as HTTPMetricExporter,
+)
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from flask_chest_otel import FlaskChestOTel, flask_chest, trace_id_request_id
+
+from .otlp_receiver import OTLPReceiver, otlp_http_receiver, otlp_receiver
+
+Receiver = Callable[..., AbstractContextManager[OTLPReceiver]]
+
+
+def grpc_exporter(receiver: OTLPReceiver) -> MetricExporter:
+    return GRPCMetricExporter(endpoint=receiver.endpoint, insecure=True)
+
+
+def http_exporter(receiver: OTLPReceiver) -> MetricExporter:
+    return HTTPMetricExporter(endpoint=receiver.endpoint)
+
+
+PROTOCOLS = pytest.mark.parametrize(
+    ("receiver_of", "exporter_of"),
+    [(otlp_receiver, grpc_exporter), (otlp_http_receiver, http_exporter)],
+    ids=["grpc", "http"],
+)
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+@PROTOCOLS
+@pytest.mark.parametrize("generator", [None, trace_id_request_id], ids=["uuid4", "trace-id"])
+def test_5000_traced_requests_are_5000_points_each_at_its_time_with_its_trace(
+    receiver_of: Receiver,
+    exporter_of: Callable[[OTLPReceiver], MetricExporter],
+    generator: Callable[[], str] | None,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """Issue 14's acceptance: instrumentation-flask + FlaskChestOTel(OTLP exporter)."""
+    tracer_provider, span_exporter = spans
+    with receiver_of() as receiver:
+        chest = FlaskChestOTel(exporter_of(receiver), export_interval=60)
+        app = Flask(__name__)
+        FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
+
+        @app.route("/orders", methods=["POST"])
+        @flask_chest(
+            chests=[chest], tracked_vars={"POST": ["transaction"]}, request_id_generator=generator
+        )
+        def orders() -> str:
+            g.transaction = 1
+            return "ok"
+
+        try:
+            client = app.test_client()
+            for _ in range(5000):
+                assert client.post("/orders").status_code == 200
+            assert chest.force_flush(60_000)
+            points = receiver.points()
+        finally:
+            FlaskInstrumentor().uninstrument_app(app)
+            chest.shutdown()
+
+    server_spans = {
+        (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x")): s
+        for s in span_exporter.get_finished_spans()
+        if s.kind is trace.SpanKind.SERVER
+    }
+    assert len(server_spans) == 5000
+    assert len(points) == 5000
+    assert all(p.metric == "transaction" and p.value == 1 for p in points)
+    assert len({p.attributes["request_id"] for p in points}) == 5000
+    linked = set()
+    for point in points:
+        ((trace_id, span_id, exemplar_time),) = point.exemplars
+        span = server_spans[(trace_id, span_id)]
+        assert span.start_time is not None and span.end_time is not None
+        assert span.start_time <= point.time_unix_nano <= span.end_time
+        assert exemplar_time == point.time_unix_nano
+        assert "flask_chest.index" not in point.attributes
+        if generator is trace_id_request_id:
+            assert point.attributes["request_id"] == trace_id
+        linked.add((trace_id, span_id))
+    assert linked == set(server_spans)
+
+
+@PROTOCOLS
+def test_a_10000_request_burst_survives_refused_exports_without_loss_or_duplicates(
+    receiver_of: Receiver, exporter_of: Callable[[OTLPReceiver], MetricExporter]
+) -> None:
+    """The receiver refuses the first 3 exports (the exporter returns FAILURE):
+    our buffer retries them; every request arrives exactly once."""
+    with receiver_of(refuse_first=3) as receiver:
+        chest = FlaskChestOTel(
+            exporter_of(receiver), export_interval=60, retry_initial=0.05, retry_max=0.2
+        )
+        app = Flask(__name__)
+        ids = iter(range(10_000))
+
+        @app.route("/", methods=["GET", "POST"])
+        @flask_chest(
+            chests=[chest],
+            tracked_vars={"POST": ["transaction", "response_time", "user"]},
+            request_id_generator=lambda: f"req-{next(ids)}",
+        )
+        def index() -> str:
+            g.transaction = 1
+            g.response_time = 0.25
+            g.user = "user-00321"
+            return "ok"
+
+        try:
+            client = app.test_client()
+            for _ in range(10_000):
+                client.post("/")
+            assert chest.force_flush(60_000)
+            points = receiver.points()
+            stats = chest.exporter.stats
+        finally:
+            chest.shutdown()
+    assert receiver.refused == 3
+    assert stats.retried > 0 and stats.dropped == 0
+    assert len(points) == 30_000
+    by_name: dict[str, list[Any]] = {}
+    for point in points:
+        by_name.setdefault(point.metric, []).append(point)
+    assert {name: len(found) for name, found in by_name.items()} == {
+        "transaction": 10_000,
+        "response_time": 10_000,
+        "user": 10_000,
+    }
+    assert {p.attributes["request_id"] for p in by_name["transaction"]} == {
+        f"req-{n}" for n in range(10_000)
+    }
+    assert all(p.value == 1 and isinstance(p.value, int) for p in by_name["transaction"])
+    assert all(p.value == 0.25 for p in by_name["response_time"])
+    # Text rides the attribute flask_chest.value; the point's value is 1.
+    assert all(
+        p.value == 1 and p.attributes["flask_chest.value"] == "user-00321" for p in by_name["user"]
+    )
+    assert all(p.exemplars == [] for p in points)  # no span was recording
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_with_no_exporter_the_chest_builds_otlp_from_the_standard_variables(
+    protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver_of = otlp_receiver if protocol == "grpc" else otlp_http_receiver
+    with receiver_of() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", protocol)
+        if protocol == "grpc":
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", f"http://{receiver.endpoint}")
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_INSECURE", "true")
+        else:
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", receiver.endpoint)
+        chest = FlaskChestOTel()
+        app = Flask(__name__)
+
+        @app.route("/")
+        @flask_chest(chests=[chest], tracked_vars={"GET": ["transaction"]})
+        def index() -> str:
+            g.transaction = 7
+            return "ok"
+
+        try:
+            app.test_client().get("/")
+            assert chest.force_flush(10_000)
+            points = receiver.points()
+        finally:
+            chest.shutdown()
+    assert [(p.metric, p.value) for p in points] == [("transaction", 7)]
+
+
+def test_an_unknown_otlp_protocol_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL='http/json'"):
+        FlaskChestOTel()
+
+
+def test_an_exporter_that_is_not_a_metric_exporter_is_refused() -> None:
+    with pytest.raises(TypeError, match="OTel: exporter must be an OpenTelemetry MetricExporter"):
+        FlaskChestOTel(exporter=object())  # type: ignore[arg-type]
+
+
+def test_what_is_buffered_at_exit_reaches_the_receiver() -> None:
+    """A process that exits right after its requests: the chest's shutdown at
+    exit delivers every point through the wrapped exporter."""
+    with otlp_receiver() as receiver:
+        script = textwrap.dedent(
+            f"""
+            from flask import Flask, g
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+            from flask_chest_otel import FlaskChestOTel, flask_chest
+
+            chest = FlaskChestOTel(
+                OTLPMetricExporter(endpoint={receiver.endpoint!r}, insecure=True),
+                export_interval=60,
+            )
+            app = Flask(__name__)
+
+            @app.route("/")
+            @flask_chest(chests=[chest], tracked_vars={{"GET": ["transaction"]}})
+            def index():
+                g.transaction = 1
+                return "ok"
+
+            client = app.test_client()
+            for _ in range(300):
+                client.get("/")
+            """
+        )
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+        points = receiver.points()
+    assert len(points) == 300
+    assert len({p.attributes["request_id"] for p in points}) == 300
+
+
+def test_a_manual_span_links_the_points_of_its_request(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """Any recording span current in the view names the trace, not only
+    instrumentation-flask's."""
+    tracer_provider, span_exporter = spans
+    tracer = tracer_provider.get_tracer("test")
+    with otlp_http_receiver() as receiver:
+        chest = FlaskChestOTel(http_exporter(receiver))
+        app = Flask(__name__)
+
+        @app.route("/")
+        @flask_chest(chests=[chest], tracked_vars={"GET": ["transaction"]})
+        def index() -> str:
+            g.transaction = 1
+            return "ok"
+
+        @app.before_request
+        def open_span() -> None:
+            g._span = tracer.start_span("manual")
+            g._token = trace.use_span(g._span, end_on_exit=True)
+            g._token.__enter__()
+
+        @app.teardown_request
+        def close_span(exc: BaseException | None) -> None:
+            g._token.__exit__(None, None, None)
+
+        try:
+            app.test_client().get("/")
+            assert chest.force_flush(10_000)
+            points = receiver.points()
+        finally:
+            chest.shutdown()
+    (span,) = span_exporter.get_finished_spans()
+    ((trace_id, span_id, _),) = points[0].exemplars
+    assert (trace_id, span_id) == (
+        format(span.context.trace_id, "032x"),
+        format(span.context.span_id, "016x"),
+    )
