@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from flask_chest_otel import FlaskChestOTel, flask_chest, trace_id_request_id
+from flask_chest_otel.extension import FlaskChestExtension
 
 from .otlp_receiver import OTLPReceiver, otlp_http_receiver, otlp_receiver
 
@@ -288,3 +289,46 @@ def test_a_manual_span_links_the_points_of_its_request(
         format(span.context.trace_id, "032x"),
         format(span.context.span_id, "016x"),
     )
+
+
+def test_the_extension_reads_the_trace_for_its_request_ids_and_points(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """FlaskChestExtension registered after instrumentation-flask runs its
+    hook after the span starts: trace_id_request_id gives the trace ID, and
+    each point's exemplar names the request's span."""
+    tracer_provider, span_exporter = spans
+    with otlp_receiver() as receiver:
+        chest = FlaskChestOTel(grpc_exporter(receiver))
+        app = Flask(__name__)
+        FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
+        FlaskChestExtension(
+            app, chests=[chest], tracked_vars={"GET": ["transaction"]},
+            request_id_generator=trace_id_request_id,
+        )  # fmt: skip
+        seen: list[str] = []
+
+        @app.route("/")
+        def index() -> str:
+            g.transaction = 1
+            seen.append(g.custom_request_id)
+            return "ok"
+
+        try:
+            client = app.test_client()
+            for _ in range(3):
+                client.get("/")
+            assert chest.force_flush(10_000)
+            points = receiver.points()
+        finally:
+            FlaskInstrumentor().uninstrument_app(app)
+            chest.shutdown()
+    traces = {
+        format(s.context.trace_id, "032x"): format(s.context.span_id, "016x")
+        for s in span_exporter.get_finished_spans()
+    }
+    assert sorted(seen) == sorted(traces)
+    assert sorted(p.attributes["request_id"] for p in points) == sorted(traces)
+    for point in points:
+        ((trace_id, span_id, _),) = point.exemplars
+        assert point.attributes["request_id"] == trace_id and traces[trace_id] == span_id
