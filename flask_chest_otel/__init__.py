@@ -11,6 +11,7 @@ from .decorator import flask_chest, trace_id_request_id
 from .extension import FlaskChestExtension, flask_chest_exempt
 from .http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 from .influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
+from .meter import chest_meter
 from .meter_provider import FlaskChestMeterProvider
 from .otel import FlaskChestOTel
 from .sqlite import FlaskChestSQLite, SQLiteMetricExporter
@@ -32,6 +33,7 @@ __all__ = [
     "FlaskChestSQLite",
     "SQLiteMetricExporter",
     "__version__",
+    "chest_meter",
     "flask_chest",
     "flask_chest_exempt",
     "register_self_metrics",

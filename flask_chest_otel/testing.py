@@ -22,7 +22,7 @@ and read ``chest.measurements``. ``capture_measurements()`` captures, inside a
 >>> app.test_client().post("/").status_code
 200
 >>> [(m.name, m.value, m.method, m.route) for m in chest.measurements]
-[('transaction', 1.0, 'POST', '/'), ('response_time', 0.25, 'POST', '/')]
+[('transaction', 1, 'POST', '/'), ('response_time', 0.25, 'POST', '/')]
 >>> len({m.request_id for m in chest.measurements})
 1
 >>> chest.shutdown()
@@ -67,7 +67,8 @@ class CapturedMeasurement:
 
     Attributes:
         name: the ``g`` variable.
-        value: a float, or the text of a value that is not a number (see
+        value: the number as recorded (a bool, int or float), or the text of a
+            value that is not a number (see
             ``docs/recording.md``, Values).
         request_id: the request's ``g.custom_request_id``.
         method: the HTTP method.
@@ -77,7 +78,7 @@ class CapturedMeasurement:
     """
 
     name: str
-    value: float | str
+    value: bool | int | float | str
     request_id: str | None
     method: str | None
     route: str | None
@@ -105,7 +106,7 @@ class CapturedMeasurement:
         time_unix_nano = int(others.pop(ATTR_TIME, time_unix_nano))
         return cls(
             name=name,
-            value=str(text) if text is not None else float(value),
+            value=str(text) if text is not None else value,
             request_id=None if request_id is None else str(request_id),
             method=None if method is None else str(method),
             route=None if route is None else str(route),
@@ -224,7 +225,7 @@ def capture_measurements() -> Iterator[list[CapturedMeasurement]]:
     >>> with capture_measurements() as measurements:
     ...     _ = app.test_client().post("/orders")
     >>> [(m.name, m.value, m.route) for m in measurements]
-    [('transaction', 1.0, '/orders')]
+    [('transaction', 1, '/orders')]
     >>> chest.shutdown()
     """
     captured: list[CapturedMeasurement] = []
