@@ -52,6 +52,7 @@ from ._names import (
     SCOPE_NAME,
 )
 from ._recorder import RECORDER, Record, Recorder
+from ._trace import point_trace
 
 __all__ = [
     "CapturedMeasurement",
@@ -86,6 +87,10 @@ class CapturedMeasurement:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     #: The variable's position among its request's (``tracked_vars`` order).
     index: int = field(default=0, repr=False, compare=False)
+    #: The request's trace and span (32 and 16 hex digits), when a span was
+    #: recording during the request; else None.
+    trace_id: str | None = field(default=None, repr=False, compare=False)
+    span_id: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def time(self) -> datetime:
@@ -94,9 +99,14 @@ class CapturedMeasurement:
 
     @classmethod
     def from_point(
-        cls, name: str, value: float, attributes: Mapping[str, Any] | None, time_unix_nano: int
+        cls,
+        name: str,
+        value: float,
+        attributes: Mapping[str, Any] | None,
+        time_unix_nano: int,
+        trace: tuple[str, str] | None = None,
     ) -> CapturedMeasurement:
-        """Builds one from a recorded value and its attributes."""
+        """Builds one from a recorded value, its attributes and its trace."""
         others = dict(attributes or {})
         text = others.pop(ATTR_STRING_VALUE, None)
         request_id = others.pop(ATTR_REQUEST_ID, None)
@@ -113,6 +123,8 @@ class CapturedMeasurement:
             time_unix_nano=time_unix_nano,
             attributes=others,
             index=int(index),
+            trace_id=trace[0] if trace else None,
+            span_id=trace[1] if trace else None,
         )
 
 
@@ -143,7 +155,7 @@ class InMemoryMetricExporter(BufferedExporter[CapturedMeasurement]):
                             captured.append(
                                 CapturedMeasurement.from_point(
                                     metric.name, point.value, point.attributes,
-                                    point.time_unix_nano,
+                                    point.time_unix_nano, point_trace(point),
                                 )
                             )
         return _in_request_order(captured)
@@ -197,8 +209,14 @@ _shadowed: list[Any] = []
 def _tap(recorder: Recorder, records: list[Record]) -> None:
     forward = _shadowed[0] if _shadowed else functools.partial(Recorder.record_many, recorder)
     captured = [
-        CapturedMeasurement.from_point(name, value, attributes, time_unix_nano)
-        for _sink, name, value, attributes, time_unix_nano, _span_ids in records
+        CapturedMeasurement.from_point(
+            name,
+            value,
+            attributes,
+            time_unix_nano,
+            (format(span_ids[0], "032x"), format(span_ids[1], "016x")) if span_ids else None,
+        )
+        for _sink, name, value, attributes, time_unix_nano, span_ids in records
     ]
     with _captures_lock:
         for capture in _captures:
