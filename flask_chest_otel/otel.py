@@ -53,6 +53,40 @@ class _PointItem:
     metric: Metric  # with no data points: the metric's name, unit and kind
     point: Any
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A Resource's attributes hold a lock: pickle (the on-disk spool)
+        # gets plain dicts, and the objects are rebuilt from them.
+        scope = self.scope
+        point = self.point
+        if point.attributes is not None and not isinstance(point.attributes, dict):
+            point = dataclasses.replace(point, attributes=dict(point.attributes))
+        return (
+            _rebuild_item,
+            (
+                dict(self.resource.attributes),
+                self.resource.schema_url,
+                (scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})),
+                self.metric,
+                point,
+            ),
+        )
+
+
+def _rebuild_item(
+    resource_attributes: dict[str, Any],
+    resource_schema_url: str,
+    scope: tuple[str, str | None, str | None, dict[str, Any]],
+    metric: Metric,
+    point: Any,
+) -> _PointItem:
+    name, version, schema_url, attributes = scope
+    return _PointItem(
+        Resource(resource_attributes, resource_schema_url),
+        InstrumentationScope(name, version, schema_url, attributes or None),
+        metric,
+        point,
+    )
+
 
 class OTelExporterAdapter(BufferedExporter[_PointItem]):
     """A ``BufferedExporter`` that delivers through another ``MetricExporter``.
@@ -130,7 +164,12 @@ def _metrics_data(batch: Sequence[_PointItem]) -> MetricsData:
         resource_key = (_freeze(item.resource.attributes), item.resource.schema_url)
         scopes = resources.setdefault(resource_key, (item.resource, {}))[1]
         scope = item.scope
-        scope_key = (scope.name, scope.version, scope.schema_url, _freeze(scope.attributes))
+        scope_key = (
+            scope.name,
+            scope.version or "",
+            scope.schema_url or "",
+            _freeze(scope.attributes),
+        )
         metrics = scopes.setdefault(scope_key, (scope, {}))[1]
         metric = item.metric
         data = metric.data

@@ -4,10 +4,12 @@ opentelemetry-instrumentation-flask tracing the requests."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,13 +23,16 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
     OTLPMetricExporter as HTTPMetricExporter,
 )
 from opentelemetry.instrumentation.flask import FlaskInstrumentor
-from opentelemetry.sdk.metrics.export import MetricExporter
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from flask_chest_otel import FlaskChestOTel, flask_chest, trace_id_request_id
+from flask_chest_otel._chest import Chest
+from flask_chest_otel._delivery import Outcome
 from flask_chest_otel.extension import FlaskChestExtension
+from flask_chest_otel.otel import OTelExporterAdapter
 
 from .otlp_receiver import OTLPReceiver, otlp_http_receiver, otlp_receiver
 
@@ -332,3 +337,109 @@ def test_the_extension_reads_the_trace_for_its_request_ids_and_points(
     for point in points:
         ((trace_id, span_id, _),) = point.exemplars
         assert point.attributes["request_id"] == trace_id and traces[trace_id] == span_id
+
+
+class KeepingExporter(MetricExporter):
+    """An OpenTelemetry exporter that keeps what it is given (in memory)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exported: list[MetricsData] = []
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self.exported.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class PicklingAdapter(OTelExporterAdapter):
+    """Sends what went through pickle and back, as the on-disk spool stores it."""
+
+    def _send(self, batch: Sequence[Any]) -> Outcome:
+        return super()._send([pickle.loads(pickle.dumps(item)) for item in batch])
+
+
+def test_buffered_points_survive_pickling_as_the_spool_stores_them() -> None:
+    """Pickled and read back, a request's points regroup into one resource,
+    one scope and one metric per name, with their values, times and traces."""
+    keeping = KeepingExporter()
+    chest = Chest("pickled", PicklingAdapter(keeping, name="pickled"))
+    app = Flask(__name__)
+
+    @app.route("/")
+    @flask_chest(chests=[chest], tracked_vars={"GET": ["a", "b"]})
+    def index() -> str:
+        g.a, g.b = 1, "text"
+        return "ok"
+
+    tracer = TracerProvider().get_tracer("test")
+    try:
+        for _ in range(3):
+            with tracer.start_as_current_span("request"):
+                app.test_client().get("/")
+        assert chest.force_flush()
+    finally:
+        chest.shutdown()
+    (data,) = keeping.exported
+    (resource_metrics,) = data.resource_metrics
+    (scope_metrics,) = resource_metrics.scope_metrics
+    assert scope_metrics.scope.name == "flask_chest_otel"
+    assert resource_metrics.resource.attributes["telemetry.sdk.name"] == "opentelemetry"
+    by_name = {m.name: m.data.data_points for m in scope_metrics.metrics}
+    assert [p.value for p in by_name["a"]] == [1, 1, 1]
+    assert [p.attributes["flask_chest.value"] for p in by_name["b"]] == ["text"] * 3
+    for points in by_name.values():
+        for point in points:
+            assert "flask_chest.index" not in point.attributes
+            (exemplar,) = point.exemplars
+            assert exemplar.trace_id and exemplar.time_unix_nano == point.time_unix_nano
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads (3.12+)
+def test_a_forked_child_sends_its_own_points_and_never_the_parents() -> None:
+    with otlp_http_receiver() as receiver:
+        chest = FlaskChestOTel(http_exporter(receiver), export_interval=60)
+        app = Flask(__name__)
+        ids = iter(range(1_000_000))
+
+        @app.route("/")
+        @flask_chest(chests=[chest], tracked_vars={"GET": ["transaction"]},
+                     request_id_generator=lambda: f"{os.getpid()}-{next(ids)}")  # fmt: skip
+        def index() -> str:
+            g.transaction = 1
+            return "ok"
+
+        client = app.test_client()
+        try:
+            for _ in range(50):
+                client.get("/")
+            from flask_chest_otel._recorder import RECORDER
+
+            RECORDER.collect()  # the parent's 50 points now wait in its buffer
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    for _ in range(20):
+                        client.get("/")
+                    code = 0 if chest.force_flush(20_000) else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            assert chest.force_flush(20_000)
+            points = receiver.points()
+        finally:
+            chest.shutdown()
+    by_process: dict[str, int] = {}
+    for point in points:
+        process = point.attributes["request_id"].split("-")[0]
+        by_process[process] = by_process.get(process, 0) + 1
+    assert by_process == {str(os.getpid()): 50, str(pid): 20}
