@@ -211,7 +211,7 @@ class _Recording:
                 gauge = gauges.get(name) or gauges.setdefault(name, METER.create_gauge(name))
                 gauge.set(values[name])
         # The tracked variables first, in tracked_vars order, then the view's.
-        measurements = group[made_in_view:] + group[:made_in_view]
+        measurements = group[made_in_view:] + group[:made_in_view] if made_in_view else group
         now = time.time_ns()
         span_ids = current_span_ids()
         sink = self.sink

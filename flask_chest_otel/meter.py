@@ -69,7 +69,12 @@ class ChestGauge(_Instrument, _Gauge):
     def set(
         self, amount: int | float, attributes: Attributes = None, context: Context | None = None
     ) -> None:
-        _measure(self.name, amount, attributes)
+        # Inlined _measure: the decorator records every tracked variable here.
+        group = CURRENT_GROUP.get()
+        if group is None:
+            _measure(self.name, amount, attributes)
+        else:
+            group.append((self.name, amount, attributes))
 
 
 class ChestCounter(_Instrument, Counter):
