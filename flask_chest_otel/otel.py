@@ -266,6 +266,8 @@ class FlaskChestOTel(Chest):
     when a span was recording, an exemplar naming its trace and span. A bool
     becomes the integer 1 or 0 (an OTLP point holds an int or a double); a
     NaN or an infinity is sent as the double it is (OTLP carries it).
+    ``metric_reader()`` sends the app's other OTel metrics through it too
+    (DELTA temporality, whatever the wrapped exporter prefers).
 
     Args:
         exporter: the exporter to deliver through; default an OTLP exporter

@@ -443,3 +443,28 @@ def test_a_forked_child_sends_its_own_points_and_never_the_parents() -> None:
         process = point.attributes["request_id"].split("-")[0]
         by_process[process] = by_process.get(process, 0) + 1
     assert by_process == {str(os.getpid()): 50, str(pid): 20}
+
+
+def test_the_apps_other_metrics_reach_the_exporter_through_metric_reader() -> None:
+    """chest.metric_reader() in the app's MeterProvider: a counter and a
+    histogram go through the chest's buffer to the wrapped OTLP exporter."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    with otlp_receiver() as receiver:
+        chest = FlaskChestOTel(grpc_exporter(receiver))
+        provider = MeterProvider(metric_readers=[chest.metric_reader(60_000)])
+        meter = provider.get_meter("shop")
+        meter.create_counter("orders").add(3, {"region": "eu"})
+        meter.create_histogram("latency").record(0.2)
+        try:
+            assert provider.force_flush(10_000)
+            assert chest.force_flush(10_000)
+            points = receiver.points()
+        finally:
+            provider.shutdown()
+            chest.shutdown()
+    found = {(p.scope, p.metric): (p.value, p.attributes) for p in points}
+    assert found == {
+        ("shop", "orders"): (3, {"region": "eu"}),
+        ("shop", "latency"): (1, {}),  # a histogram: its count
+    }
