@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from flask import g, request
+from opentelemetry import trace
 
 from ._chest import Chest
 from ._delivery import LOGGER, RateLimitedLog
@@ -27,14 +28,17 @@ from ._names import (
 from ._recorder import RECORDER, Record
 from ._trace import current_span_ids
 from ._values import coerce
+from .meter import CURRENT_GROUP, ChestGauge, Measurement
+from .meter import chest_meter as _chest_meter
 from .meter_provider import FlaskChestMeterProvider
+from .user_chests import is_writer, writer_chest
 
-__all__ = ["flask_chest"]
+__all__ = ["default_request_id", "flask_chest", "trace_id_request_id"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Attribute of a view wrapped by ``@flask_chest``, holding what it records
-#: (the ``FlaskChest`` extension leaves such views to their decorator).
+#: (the ``FlaskChestExtension`` leaves such views to their decorator).
 RECORDING_ATTRIBUTE = "_flask_chest_recording"
 #: Longest request ID kept (flask-chest's limit).
 MAX_REQUEST_ID = 255
@@ -43,7 +47,15 @@ HTTP_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
 
-_log = RateLimitedLog(LOGGER, interval=300.0)
+#: Requests of a route after which a tracked name none of them set is
+#: reported (once) as a likely typo.
+TYPO_CHECK_REQUESTS = 100
+_CHECKED = object()
+#: The meter whose gauges the decorator records the tracked variables with.
+METER = _chest_meter()
+
+#: Seconds between two log lines of one kind from one decorator use.
+LOG_INTERVAL = 300.0
 
 
 def default_request_id() -> str:
@@ -53,6 +65,18 @@ def default_request_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def trace_id_request_id() -> str:
+    """The current trace's ID (32 lower-case hex digits, as W3C trace context
+    and every tracing UI write it), so that a request ID *is* the trace ID;
+    a UUID4 string when no valid span is current (tracing off, or the
+    request's span not started yet). Use as
+    ``@flask_chest(..., request_id_generator=trace_id_request_id)``."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    return default_request_id()
 
 
 class _Recording:
@@ -73,6 +97,39 @@ class _Recording:
         exporting = [chest for chest in chests if isinstance(chest, Chest)]
         self.providers = [chest for chest in chests if isinstance(chest, FlaskChestMeterProvider)]
         self.sink = RECORDER.sink(exporting) if exporting else None
+        self._log = RateLimitedLog(LOGGER, interval=LOG_INTERVAL)
+        self._gauges: dict[str, ChestGauge] = {}
+        # (URL rule, method) -> [requests seen, tracked names never set yet],
+        # or _CHECKED once the first TYPO_CHECK_REQUESTS requests are seen.
+        self._unseen: dict[tuple[str | None, str], Any] = {}
+
+    def _check_names(
+        self, route: str | None, method: str, names: Iterable[str], values: Mapping[str, Any]
+    ) -> None:
+        """Warns once per route and name about a tracked variable that none
+        of the route's first ``TYPO_CHECK_REQUESTS`` requests set (a typo in
+        ``tracked_vars``, most often). Runs on those requests only."""
+        key = (route, method)
+        state = self._unseen.get(key)
+        if state is None:
+            state = self._unseen.setdefault(key, [0, set(names)])
+        state[0] += 1
+        state[1].difference_update(state[1].intersection(values))
+        if state[0] < TYPO_CHECK_REQUESTS and state[1]:
+            return
+        if self._unseen.pop(key, None) is not state:
+            return  # another request thread got here first
+        self._unseen[key] = _CHECKED
+        for name in sorted(state[1]):
+            LOGGER.warning(
+                "flask_chest_otel: tracked_vars names %r for %s on route %s, but none of "
+                "its first %d requests set g.%s: a typo? It is recorded whenever set.",
+                name,
+                method,
+                route,
+                TYPO_CHECK_REQUESTS,
+                name,
+            )
 
     def start(self) -> None:
         """Sets ``g.custom_request_id`` before the view runs."""
@@ -88,33 +145,43 @@ class _Recording:
             if self.raise_exceptions:
                 raise
             request_id = default_request_id()
-            _log.log(
+            # The key is a kind, never the request's data: a client that makes
+            # the generator fail on every request gets one line per interval,
+            # and the limiter's table one entry. Formatting happens only for
+            # the line that is emitted.
+            self._log.log(
                 logging.WARNING,
-                f"request-id:{_route()}:{exc!r}",
-                "flask_chest_otel: request_id_generator failed (%r) on route %s; "
+                "request_id_generator",
+                "flask_chest_otel: request_id_generator failed (%s) on route %s; "
                 "using a UUID4 instead",
-                exc,
+                _ExceptionText(exc),
                 _route(),
             )
         g.custom_request_id = request_id[:MAX_REQUEST_ID]
+        CURRENT_GROUP.set([])  # chest_meter()'s measurements in the view join it
 
     def finish(self, view_failed: bool = False) -> None:
         """Records the tracked variables that are set on ``g``. When the view
         failed, a recording error is only logged: the view's exception wins."""
+        group = CURRENT_GROUP.get()
         try:
-            self._record()
+            self._record(group if group is not None else [])
         except Exception:
             if self.raise_exceptions and not view_failed:
                 raise
-            _log.log(
+            self._log.log(
                 logging.ERROR,
                 f"record:{_route()}",
                 "flask_chest_otel: recording failed on route %s",
                 _route(),
                 exc_info=True,
             )
+        finally:
+            CURRENT_GROUP.set(None)
 
-    def _record(self) -> None:
+    def _record(self, group: list[Measurement]) -> None:
+        """Records the tracked variables through the chest meter's gauges,
+        then queues them and what the view measured as one group."""
         # Flask's proxies cost about 2 us an access: resolve each once.
         current_request = request._get_current_object()  # type: ignore[attr-defined]
         values = vars(g._get_current_object())
@@ -125,26 +192,42 @@ class _Recording:
             ]
         else:
             names = self.tracked.get(method, ())
-            if not names:
+            if not names and not group:
                 return
         attributes: dict[str, str | int] = {
             ATTR_REQUEST_ID: values.get("custom_request_id") or default_request_id(),
             ATTR_METHOD: method,
         }
         rule = current_request.url_rule
+        route = None
         if rule is not None:
-            attributes[ATTR_ROUTE] = rule.rule
+            route = attributes[ATTR_ROUTE] = rule.rule
+        if self.tracked is not None and self._unseen.get((route, method)) is not _CHECKED:
+            self._check_names(route, method, names, values)
+        made_in_view = len(group)
+        gauges = self._gauges
+        for name in names:
+            if name in values:
+                gauge = gauges.get(name) or gauges.setdefault(name, METER.create_gauge(name))
+                gauge.set(values[name])
+        # The tracked variables first, in tracked_vars order, then the view's.
+        measurements = group[made_in_view:] + group[:made_in_view] if made_in_view else group
         now = time.time_ns()
         span_ids = current_span_ids()
         sink = self.sink
         batch: list[Record] = []
-        for name in names:
-            if name not in values:
-                continue
-            value = coerce(values[name])
+        for name, raw, own_attributes in measurements:
+            value = coerce(raw)
             if value is None:
                 continue
-            point_attributes: dict[str, str | int] = {**attributes, ATTR_INDEX: len(batch)}
+            if own_attributes:
+                point_attributes: dict[str, Any] = {
+                    **own_attributes,
+                    **attributes,
+                    ATTR_INDEX: len(batch),
+                }
+            else:
+                point_attributes = {**attributes, ATTR_INDEX: len(batch)}
             if isinstance(value, str):
                 point_attributes[ATTR_STRING_VALUE] = value
                 value = 1
@@ -160,22 +243,47 @@ class _Recording:
             RECORDER.record_many(batch)
 
 
+class _ExceptionText:
+    """An exception's type and text, cut to 200 characters, made only when
+    a log line is emitted (a client's input may be in it)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __str__(self) -> str:
+        return f"{type(self.exc).__name__}: {self.exc}"[:200]
+
+
 def _route() -> str | None:
     rule = request.url_rule
     return rule.rule if rule is not None else None
 
 
 def check_chests(chests: Any, what: str) -> tuple[Chest | FlaskChestMeterProvider, ...]:
-    """``chests`` (one chest, or a non-empty list of them) as a tuple; else a
-    ValueError or TypeError whose message starts with ``what``."""
-    if isinstance(chests, (Chest, FlaskChestMeterProvider)):
+    """``chests`` (one chest, or a non-empty list of them) as a tuple of our
+    chests, a user's chest (any object with ``write``) replaced by the chest
+    that delivers to it; else a ValueError or TypeError whose message starts
+    with ``what``."""
+    if isinstance(chests, (Chest, FlaskChestMeterProvider)) or (
+        not isinstance(chests, (list, tuple)) and is_writer(chests)
+    ):
         chests = [chests]
     if not isinstance(chests, (list, tuple)) or not chests:
         raise ValueError(f"{what} must be a non-empty list of chests, got {chests!r}")
+    checked: list[Chest | FlaskChestMeterProvider] = []
     for chest in chests:
-        if not isinstance(chest, (Chest, FlaskChestMeterProvider)):
-            raise TypeError(f"{what}: {chest!r} is not a chest")
-    return tuple(chests)
+        if isinstance(chest, (Chest, FlaskChestMeterProvider)):
+            checked.append(chest)
+        elif is_writer(chest):
+            checked.append(writer_chest(chest))
+        else:
+            raise TypeError(
+                f"{what}: {chest!r} is not a chest (a chest of this package, or an "
+                "object with a write(context_tuple_list) method such as a FlaskChest subclass)"
+            )
+    return tuple(checked)
 
 
 def _check_tracked_vars(
@@ -207,7 +315,7 @@ def _check_tracked_vars(
 
 
 def flask_chest(
-    chests: Sequence[Chest | FlaskChestMeterProvider],
+    chests: Sequence[Any],
     tracked_vars: Mapping[str, Sequence[str]] | None = None,
     request_id_generator: Callable[[], Any] | None = None,
     raise_exceptions: bool = False,
@@ -215,7 +323,9 @@ def flask_chest(
     """Records chosen ``g`` variables of each request to ``chests``.
 
     Args:
-        chests: where this route's measurements go, and only there.
+        chests: where this route's measurements go, and only there: chests of
+            this package, or your own (a ``FlaskChest`` subclass, or any
+            object with a ``write(context_tuple_list)`` method).
         tracked_vars: HTTP method -> names of ``g`` variables to record for
             it, in order; a method absent records nothing; ``None`` records
             every public attribute of ``g``.

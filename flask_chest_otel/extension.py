@@ -1,4 +1,4 @@
-"""``FlaskChest``: the Flask extension that records chosen ``g`` variables on
+"""``FlaskChestExtension``: the Flask extension that records chosen ``g`` variables on
 every route of an application, configured from ``app.config``.
 
 It runs the decorator's machinery (``decorator._Recording``) from request
@@ -19,7 +19,7 @@ from ._chest import Chest
 from .decorator import RECORDING_ATTRIBUTE, _Recording, check_chests
 from .meter_provider import FlaskChestMeterProvider
 
-__all__ = ["EXTENSION_KEY", "FlaskChest", "flask_chest_exempt"]
+__all__ = ["EXTENSION_KEY", "FlaskChestExtension", "flask_chest_exempt"]
 
 V = TypeVar("V")
 
@@ -35,21 +35,21 @@ AnyChest = Chest | FlaskChestMeterProvider
 
 
 def flask_chest_exempt(view: V) -> V:
-    """Marks a view (or a class-based ``View``) that ``FlaskChest`` must not
+    """Marks a view (or a class-based ``View``) that ``FlaskChestExtension`` must not
     record. Put it under ``@app.route``; it returns the view unchanged."""
     setattr(view, _EXEMPT_ATTRIBUTE, True)
     return view
 
 
-class FlaskChest:
+class FlaskChestExtension:
     """Records chosen ``g`` variables of every request of an app to ``chests``.
 
     The app-wide form of ``@flask_chest``, with the same semantics (see
     ``docs/flask_extension.md``)::
 
-        chest = FlaskChest(chests=[FlaskChestSQLite()],
+        chest = FlaskChestExtension(chests=[FlaskChestSQLite()],
                            tracked_vars={"POST": ["transaction", "response_time"]})
-        chest.init_app(app)      # or FlaskChest(app, chests=...)
+        chest.init_app(app)      # or FlaskChestExtension(app, chests=...)
 
     Each argument is the default of a config key, which ``init_app`` sets with
     ``app.config.setdefault``; a value already in the config wins, so one
@@ -72,17 +72,17 @@ class FlaskChest:
 
     A route decorated with ``@flask_chest`` records only through its
     decorator (its chests and settings), never twice; a view marked with
-    ``@flask_chest_exempt`` (also ``FlaskChest.exempt``) is not recorded.
+    ``@flask_chest_exempt`` (also ``FlaskChestExtension.exempt``) is not recorded.
     """
 
-    #: ``@FlaskChest.exempt``: the same as ``flask_chest_exempt``.
+    #: ``@FlaskChestExtension.exempt``: the same as ``flask_chest_exempt``.
     exempt = staticmethod(flask_chest_exempt)
 
     def __init__(
         self,
         app: Flask | None = None,
         *,
-        chests: Sequence[AnyChest] | AnyChest | None = None,
+        chests: Sequence[Any] | Any | None = None,
         tracked_vars: Mapping[str, Sequence[str]] | None = None,
         excluded_routes: Iterable[str] = (),
         request_id_generator: Callable[[], Any] | str | None = None,
@@ -98,20 +98,20 @@ class FlaskChest:
             self.init_app(app)
 
     def __repr__(self) -> str:
-        return f"FlaskChest(chests={self.chests!r})"
+        return f"FlaskChestExtension(chests={self.chests!r})"
 
     def init_app(self, app: Flask) -> None:
         """Reads the ``FLASK_CHEST_*`` config of ``app`` and registers the
         request hooks and ``app.extensions["flask_chest_otel"]``.
 
         Raises:
-            RuntimeError: a ``FlaskChest`` is already registered on ``app``.
+            RuntimeError: a ``FlaskChestExtension`` is already registered on ``app``.
             TypeError, ValueError: a config value is invalid; the message
                 names the key.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
-                f"FlaskChest is already registered on app {app.name!r} "
+                f"FlaskChestExtension is already registered on app {app.name!r} "
                 f"(app.extensions[{EXTENSION_KEY!r}]); call init_app once per app"
             )
         config = app.config
@@ -121,15 +121,20 @@ class FlaskChest:
         config.setdefault("FLASK_CHEST_REQUEST_ID_GENERATOR", self.request_id_generator)
         config.setdefault("FLASK_CHEST_RAISE_EXCEPTIONS", self.raise_exceptions)
         hooks = _AppHooks(
-            check_chests(config["FLASK_CHEST_CHESTS"], "FlaskChest: FLASK_CHEST_CHESTS"),
+            check_chests(config["FLASK_CHEST_CHESTS"], "FlaskChestExtension: FLASK_CHEST_CHESTS"),
             config["FLASK_CHEST_TRACKED_VARS"],
             _check_excluded(config["FLASK_CHEST_EXCLUDED_ROUTES"]),
             _load_generator(config["FLASK_CHEST_REQUEST_ID_GENERATOR"]),
             bool(config["FLASK_CHEST_RAISE_EXCEPTIONS"]),
         )
         # First among before_request hooks, so that g.custom_request_id is
-        # there for the app's own hooks (logging, say).
-        app.before_request_funcs.setdefault(None, []).insert(0, hooks.before_request)
+        # there for the app's own hooks (logging, say); but after the hook
+        # of opentelemetry-instrumentation-flask, which starts the request's
+        # span, so that a request_id_generator can read the trace.
+        before = app.before_request_funcs.setdefault(None, [])
+        otel_hook = getattr(app, "_before_request", None)
+        position = before.index(otel_hook) + 1 if otel_hook in before else 0
+        before.insert(position, hooks.before_request)
         # after_request hooks run in reverse order: appended, it runs first.
         app.after_request(hooks.after_request)
         app.teardown_request(hooks.teardown_request)
@@ -151,7 +156,7 @@ class FlaskChest:
             app = current_app._get_current_object()  # type: ignore[attr-defined]
         hooks = self._apps.get(app)
         if hooks is None:
-            raise RuntimeError(f"FlaskChest is not registered on app {app.name!r}")
+            raise RuntimeError(f"FlaskChestExtension is not registered on app {app.name!r}")
         return hooks
 
 
@@ -174,7 +179,7 @@ class _AppHooks:
                 list(chests), tracked_vars, request_id_generator, raise_exceptions
             )
         except (TypeError, ValueError) as exc:
-            raise type(exc)(f"FlaskChest: FLASK_CHEST_TRACKED_VARS: {exc}") from exc
+            raise type(exc)(f"FlaskChestExtension: FLASK_CHEST_TRACKED_VARS: {exc}") from exc
         # endpoint -> (view function, recorded?): views rarely change, but may.
         self._decisions: dict[str, tuple[Callable[..., Any], bool]] = {}
 
@@ -249,7 +254,7 @@ def _check_excluded(routes: Any) -> frozenset[str]:
         isinstance(route, str) and route.startswith("/") for route in routes
     ):
         raise TypeError(
-            "FlaskChest: FLASK_CHEST_EXCLUDED_ROUTES must be a list of URL rules such as "
+            "FlaskChestExtension: FLASK_CHEST_EXCLUDED_ROUTES must be a list of URL rules such as "
             f"'/healthz' or '/items/<int:item_id>', got {routes!r}"
         )
     return frozenset(routes)
@@ -261,11 +266,12 @@ def _load_generator(generator: Any) -> Callable[[], Any] | None:
             generator = import_string(generator)
         except ImportError as exc:
             raise ValueError(
-                f"FlaskChest: FLASK_CHEST_REQUEST_ID_GENERATOR {generator!r} cannot be "
+                f"FlaskChestExtension: FLASK_CHEST_REQUEST_ID_GENERATOR {generator!r} cannot be "
                 f"imported: {exc}"
             ) from exc
     if generator is not None and not callable(generator):
         raise TypeError(
-            f"FlaskChest: FLASK_CHEST_REQUEST_ID_GENERATOR must be callable, got {generator!r}"
+            "FlaskChestExtension: FLASK_CHEST_REQUEST_ID_GENERATOR must be callable, "
+            f"got {generator!r}"
         )
     return generator  # type: ignore[no-any-return]

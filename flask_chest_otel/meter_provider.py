@@ -27,6 +27,8 @@ class FlaskChestMeterProvider:
     CUMULATIVE the SDK keeps every request ID's attribute set for good (and
     SDK 1.45.1 keeps them under DELTA too; 1.45.2 frees them). Where the SDK
     has a cardinality limit, raise it above the requests of one interval.
+    For OTLP, ``FlaskChestOTel`` avoids all of this: the points skip the
+    SDK's aggregation and keep their request's time as their timestamp.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None) -> None:

@@ -22,7 +22,7 @@ and read ``chest.measurements``. ``capture_measurements()`` captures, inside a
 >>> app.test_client().post("/").status_code
 200
 >>> [(m.name, m.value, m.method, m.route) for m in chest.measurements]
-[('transaction', 1.0, 'POST', '/'), ('response_time', 0.25, 'POST', '/')]
+[('transaction', 1, 'POST', '/'), ('response_time', 0.25, 'POST', '/')]
 >>> len({m.request_id for m in chest.measurements})
 1
 >>> chest.shutdown()
@@ -52,6 +52,7 @@ from ._names import (
     SCOPE_NAME,
 )
 from ._recorder import RECORDER, Record, Recorder
+from ._trace import point_trace
 
 __all__ = [
     "CapturedMeasurement",
@@ -67,7 +68,8 @@ class CapturedMeasurement:
 
     Attributes:
         name: the ``g`` variable.
-        value: a float, or the text of a value that is not a number (see
+        value: the number as recorded (a bool, int or float), or the text of a
+            value that is not a number (see
             ``docs/recording.md``, Values).
         request_id: the request's ``g.custom_request_id``.
         method: the HTTP method.
@@ -77,7 +79,7 @@ class CapturedMeasurement:
     """
 
     name: str
-    value: float | str
+    value: bool | int | float | str
     request_id: str | None
     method: str | None
     route: str | None
@@ -85,6 +87,10 @@ class CapturedMeasurement:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     #: The variable's position among its request's (``tracked_vars`` order).
     index: int = field(default=0, repr=False, compare=False)
+    #: The request's trace and span (32 and 16 hex digits), when a span was
+    #: recording during the request; else None.
+    trace_id: str | None = field(default=None, repr=False, compare=False)
+    span_id: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def time(self) -> datetime:
@@ -93,9 +99,14 @@ class CapturedMeasurement:
 
     @classmethod
     def from_point(
-        cls, name: str, value: float, attributes: Mapping[str, Any] | None, time_unix_nano: int
+        cls,
+        name: str,
+        value: float,
+        attributes: Mapping[str, Any] | None,
+        time_unix_nano: int,
+        trace: tuple[str, str] | None = None,
     ) -> CapturedMeasurement:
-        """Builds one from a recorded value and its attributes."""
+        """Builds one from a recorded value, its attributes and its trace."""
         others = dict(attributes or {})
         text = others.pop(ATTR_STRING_VALUE, None)
         request_id = others.pop(ATTR_REQUEST_ID, None)
@@ -105,13 +116,15 @@ class CapturedMeasurement:
         time_unix_nano = int(others.pop(ATTR_TIME, time_unix_nano))
         return cls(
             name=name,
-            value=str(text) if text is not None else float(value),
+            value=str(text) if text is not None else value,
             request_id=None if request_id is None else str(request_id),
             method=None if method is None else str(method),
             route=None if route is None else str(route),
             time_unix_nano=time_unix_nano,
             attributes=others,
             index=int(index),
+            trace_id=trace[0] if trace else None,
+            span_id=trace[1] if trace else None,
         )
 
 
@@ -142,7 +155,7 @@ class InMemoryMetricExporter(BufferedExporter[CapturedMeasurement]):
                             captured.append(
                                 CapturedMeasurement.from_point(
                                     metric.name, point.value, point.attributes,
-                                    point.time_unix_nano,
+                                    point.time_unix_nano, point_trace(point),
                                 )
                             )
         return _in_request_order(captured)
@@ -196,8 +209,14 @@ _shadowed: list[Any] = []
 def _tap(recorder: Recorder, records: list[Record]) -> None:
     forward = _shadowed[0] if _shadowed else functools.partial(Recorder.record_many, recorder)
     captured = [
-        CapturedMeasurement.from_point(name, value, attributes, time_unix_nano)
-        for _sink, name, value, attributes, time_unix_nano, _span_ids in records
+        CapturedMeasurement.from_point(
+            name,
+            value,
+            attributes,
+            time_unix_nano,
+            (format(span_ids[0], "032x"), format(span_ids[1], "016x")) if span_ids else None,
+        )
+        for _sink, name, value, attributes, time_unix_nano, span_ids in records
     ]
     with _captures_lock:
         for capture in _captures:
@@ -224,7 +243,7 @@ def capture_measurements() -> Iterator[list[CapturedMeasurement]]:
     >>> with capture_measurements() as measurements:
     ...     _ = app.test_client().post("/orders")
     >>> [(m.name, m.value, m.route) for m in measurements]
-    [('transaction', 1.0, '/orders')]
+    [('transaction', 1, '/orders')]
     >>> chest.shutdown()
     """
     captured: list[CapturedMeasurement] = []

@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from flask_chest_otel import FlaskChestCustomWriter, FlaskChestMeterProvider
+from flask_chest_otel import FlaskChestCustomWriter, FlaskChestOTel
 from flask_chest_otel.influxdb import FlaskChestInfluxDB
 from flask_chest_otel.testing import RecordingChest
 
@@ -96,7 +99,9 @@ def dashboard_queries() -> list[str]:
 
 
 def test_stack_has_every_service(services: dict[str, Any]) -> None:
-    assert set(services) == {"influxdb", "otel-collector", "app", "sink", "loadgen", "grafana"}
+    assert set(services) == {
+        "influxdb", "otel-collector", "app", "sink", "loadgen", "grafana", "jaeger"
+    }  # fmt: skip
 
 
 def test_every_image_has_a_pinned_tag(services: dict[str, Any]) -> None:
@@ -123,6 +128,7 @@ def test_published_ports(services: dict[str, Any]) -> None:
     assert {"4317", "4318"} <= published("otel-collector")
     assert "8000" in published("app")
     assert "3000" in published("grafana")
+    assert "16686" in published("jaeger")
 
 
 def test_influxdb_is_initialised_with_org_bucket_and_token(services: dict[str, Any]) -> None:
@@ -268,7 +274,7 @@ def test_dashboard_queries_name_the_measurements_fields_and_tags_the_app_writes(
     assert queried == measurements
     for query in queries:
         fields = set(re.findall(r'r\._field == "(\w+)"', query))
-        assert fields in ({"value"}, {"gauge"}), query
+        assert fields in ({"value"}, {"value", "trace_id"}, {"gauge"}), query
         tags = set(re.findall(r'r\.(\w+) ==', query)) - {"_measurement", "_field"}
         tags |= set(re.findall(r'r\["([\w.]+)"\] ==', query))
         tags |= {
@@ -276,7 +282,7 @@ def test_dashboard_queries_name_the_measurements_fields_and_tags_the_app_writes(
             for group in re.findall(r"group\(columns: \[([^\]]*)\]\)", query)
             for column in re.findall(r'"([\w.]+)"', group)
         }
-        known = CHEST_TAGS if fields == {"value"} else COLLECTOR_TAGS
+        known = COLLECTOR_TAGS if fields == {"gauge"} else CHEST_TAGS
         assert tags <= known, (query, tags - known)
 
 
@@ -304,7 +310,7 @@ def test_demo_app_records_the_measurements_the_dashboard_queries(demo_app: Modul
         chest.shutdown(timeout_millis=5_000)
 
 
-def test_demo_app_builds_its_three_chests_from_the_environment(
+def test_demo_app_builds_its_three_chests_and_its_tracing_from_the_environment(
     demo_app: ModuleType, services: dict[str, Any]
 ) -> None:
     env = environment(services["app"])
@@ -319,10 +325,77 @@ def test_demo_app_builds_its_three_chests_from_the_environment(
         assert [type(chest) for chest in chests] == [
             FlaskChestInfluxDB,
             FlaskChestCustomWriter,
-            FlaskChestMeterProvider,
+            FlaskChestOTel,
         ]
         assert chests[0].exporter.custom_tags == {"app": env["APP_NAME"]}
+        wrapped = chests[2].exporter.wrapped
+        assert wrapped._endpoint == "http://127.0.0.1:9/v1/metrics"
+        tracing = demo_app.tracer_provider(env)
+        (processor,) = tracing._active_span_processor._span_processors
+        assert processor.span_exporter._endpoint == "http://127.0.0.1:9/v1/traces"
+        tracing.shutdown()
     finally:
-        for chest in chests[:2]:
+        for chest in chests:
             chest.shutdown(timeout_millis=1_000)
-        chests[2].meter_provider.shutdown(timeout_millis=1_000)
+
+
+def test_collector_sends_the_apps_traces_to_jaeger(services: dict[str, Any]) -> None:
+    config = load_yaml(COLLECTOR_CONFIG)
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and pipeline["exporters"] == ["otlp/jaeger"]
+    assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    assert environment(services["jaeger"])["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert services["jaeger"]["image"].startswith("jaegertracing/all-in-one:")
+    assert "jaeger" in services["otel-collector"]["depends_on"]
+
+
+def test_the_slow_post_panel_links_each_request_to_its_trace_in_jaeger(
+    services: dict[str, Any],
+) -> None:
+    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+    (panel,) = [p for p in panels if "slow posts" in p["title"].lower()]
+    (target,) = panel["targets"]
+    query = target["query"]
+    assert 'r._measurement == "response_time"' in query and 'r.method == "POST"' in query
+    assert 'r._field == "trace_id"' in query and "r.value > 0.04" in query
+    links = [
+        link
+        for override in panel["fieldConfig"]["overrides"]
+        if override["matcher"] == {"id": "byName", "options": "trace_id"}
+        for prop in override["properties"]
+        if prop["id"] == "links"
+        for link in prop["value"]
+    ]
+    (link,) = links
+    jaeger_ui = {str(port).split(":")[0] for port in services["jaeger"]["ports"]}
+    assert link["url"] == "http://localhost:16686/trace/${__value.raw}"
+    assert "16686" in jaeger_ui
+
+
+def test_demo_app_points_name_their_requests_traces(demo_app: ModuleType) -> None:
+    """Each recorded point carries the trace and span of its request's
+    server span (what the InfluxDB chest writes as trace_id)."""
+    spans = InMemorySpanExporter()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(spans))
+    chest = RecordingChest()
+    try:
+        client = demo_app.create_app(chests=[chest], tracing=tracing).test_client()
+        for _ in range(3):
+            assert client.post("/api/orders").status_code == 201
+        measured = chest.measurements
+    finally:
+        chest.shutdown(timeout_millis=5_000)
+        tracing.shutdown()
+    server = {
+        format(s.context.trace_id, "032x"): format(s.context.span_id, "016x")
+        for s in spans.get_finished_spans()
+    }
+    assert len(server) == 3 and len(measured) == 6
+    assert {m.trace_id for m in measured} == set(server)
+    assert all(server[m.trace_id or ""] == m.span_id for m in measured)
+
+
+def test_the_app_image_installs_what_the_demo_imports() -> None:
+    dockerfile = (DEPLOY / "app" / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"opentelemetry-instrumentation-flask==\d", dockerfile)

@@ -1,4 +1,4 @@
-"""FlaskChest, the app-wide extension, through real Flask apps."""
+"""FlaskChestExtension, the app-wide extension, through real Flask apps."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flask.views import MethodView
 
 from flask_chest_otel import FlaskChestSQLite, flask_chest
 from flask_chest_otel._recorder import RECORDER
-from flask_chest_otel.extension import FlaskChest, flask_chest_exempt
+from flask_chest_otel.extension import FlaskChestExtension, flask_chest_exempt
 from flask_chest_otel.testing import RecordingChest
 
 from .conftest import SAMPLE_TRACKED, read_rows
@@ -68,7 +68,7 @@ def names(chest: RecordingChest) -> list[tuple[str, str | None, str | None]]:
 def test_every_route_of_the_app_is_recorded_without_a_decorator(chest: RecordingChest) -> None:
     app = Flask(__name__)
     sample_views(app)
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     client = app.test_client()
     assert client.get("/").status_code == 200
     assert client.post("/items/7").status_code == 200
@@ -89,7 +89,7 @@ def test_sqlite_chest_receives_the_extensions_measurements(
     sqlite_chest = make_sqlite_chest()
     app = Flask(__name__)
     sample_views(app)
-    FlaskChest(app, chests=[sqlite_chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[sqlite_chest], tracked_vars=SAMPLE_TRACKED)
     app.test_client().post("/")
     assert sqlite_chest.force_flush()
     rows = read_rows(sqlite_chest.db_uri)
@@ -103,7 +103,7 @@ def test_init_app_supports_the_application_factory_pattern(
     make_chest: Callable[[], RecordingChest],
 ) -> None:
     """One extension object, two apps, each configured by its own config."""
-    flask_chest_ext = FlaskChest(tracked_vars={"GET": ["transaction"]})
+    flask_chest_ext = FlaskChestExtension(tracked_vars={"GET": ["transaction"]})
     first_chest, second_chest = make_chest(), make_chest()
 
     def create_app(chest: RecordingChest, tracked: dict[str, list[str]] | None) -> Flask:
@@ -130,7 +130,7 @@ def test_init_app_supports_the_application_factory_pattern(
 
 def test_init_app_sets_config_defaults_from_the_constructor(chest: RecordingChest) -> None:
     app = Flask(__name__)
-    FlaskChest(
+    FlaskChestExtension(
         app, chests=[chest], tracked_vars=SAMPLE_TRACKED, excluded_routes=["/healthz"]
     )
     assert app.config["FLASK_CHEST_CHESTS"] == [chest]
@@ -144,7 +144,7 @@ def test_config_values_win_over_constructor_arguments(chest: RecordingChest) -> 
     app = Flask(__name__)
     app.config["FLASK_CHEST_TRACKED_VARS"] = {"POST": ["response_time"]}
     sample_views(app)
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     app.test_client().post("/")
     assert [m.name for m in chest.measurements] == ["response_time"]
 
@@ -152,8 +152,8 @@ def test_config_values_win_over_constructor_arguments(chest: RecordingChest) -> 
 @pytest.mark.parametrize("second", ["same", "other"])
 def test_registering_twice_on_one_app_is_refused(chest: RecordingChest, second: str) -> None:
     app = Flask("shop")
-    extension = FlaskChest(app, chests=[chest])
-    again = extension if second == "same" else FlaskChest(chests=[chest])
+    extension = FlaskChestExtension(app, chests=[chest])
+    again = extension if second == "same" else FlaskChestExtension(chests=[chest])
     with pytest.raises(RuntimeError, match="already registered on app 'shop'"):
         again.init_app(app)
     sample_views(app)
@@ -179,7 +179,7 @@ def test_exempt_views_are_not_recorded(chest: RecordingChest) -> None:
 
     @app.route("/metrics")
     @logged
-    @FlaskChest.exempt
+    @FlaskChestExtension.exempt
     def metrics() -> str:
         g.transaction = 1
         return "ok"
@@ -196,7 +196,7 @@ def test_exempt_views_are_not_recorded(chest: RecordingChest) -> None:
         g.transaction = 1
         return "ok"
 
-    FlaskChest(app, chests=[chest])
+    FlaskChestExtension(app, chests=[chest])
     client = app.test_client()
     for path in ("/healthz", "/metrics", "/ping", "/counted"):
         assert client.get(path).status_code == 200
@@ -215,7 +215,7 @@ def test_excluded_routes_are_url_rules_with_blueprint_prefixes(chest: RecordingC
 
     app.register_blueprint(api)
     app.config["FLASK_CHEST_EXCLUDED_ROUTES"] = ["/items/<int:item_id>", "/api/status"]
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     client = app.test_client()
     client.get("/items/1")
     client.get("/api/status")
@@ -230,7 +230,7 @@ def test_a_route_with_the_decorator_records_once_through_its_decorator(
     extension's chests get nothing from that route."""
     app_chest, route_chest = make_chest(), make_chest()
     app = Flask(__name__)
-    FlaskChest(app, chests=[app_chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[app_chest], tracked_vars=SAMPLE_TRACKED)
 
     @app.route("/special", methods=["POST"])
     @flask_chest(
@@ -255,7 +255,7 @@ def test_an_app_registered_later_blueprint_and_async_views_are_recorded(
     chest: RecordingChest,
 ) -> None:
     app = Flask(__name__)
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     shop = Blueprint("shop", __name__, url_prefix="/shop")
 
     @shop.route("/orders", methods=["POST"])
@@ -277,7 +277,7 @@ def test_a_view_that_raises_has_its_variables_recorded_and_its_exception_unchang
 ) -> None:
     app = Flask(__name__)
     app.testing = True  # the exception propagates to the test client
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     error = KeyError("missing")
 
     @app.route("/broken", methods=["POST"])
@@ -295,7 +295,7 @@ def test_a_view_that_raises_has_its_variables_recorded_and_its_exception_unchang
 def test_error_responses_record_once(chest: RecordingChest, path: str, status: int) -> None:
     """abort() and, outside testing, an unhandled error: recorded once."""
     app = Flask(__name__)
-    FlaskChest(app, chests=[chest], tracked_vars={"GET": ["transaction"]})
+    FlaskChestExtension(app, chests=[chest], tracked_vars={"GET": ["transaction"]})
 
     @app.route("/abort")
     def aborting() -> str:
@@ -318,7 +318,7 @@ def test_error_responses_record_once(chest: RecordingChest, path: str, status: i
 def test_unmatched_urls_record_nothing(chest: RecordingChest) -> None:
     app = Flask(__name__)
     sample_views(app)
-    FlaskChest(app, chests=[chest])
+    FlaskChestExtension(app, chests=[chest])
     client = app.test_client()
     assert client.get("/nowhere").status_code == 404
     assert client.delete("/").status_code == 405
@@ -338,7 +338,7 @@ def test_request_id_is_on_g_for_the_apps_own_before_request_hooks(chest: Recordi
         g.transaction = 1
         return g.custom_request_id  # type: ignore[no-any-return]
 
-    FlaskChest(app, chests=[chest], request_id_generator=lambda: "abc")
+    FlaskChestExtension(app, chests=[chest], request_id_generator=lambda: "abc")
     response = app.test_client().get("/")
     assert response.text == "abc" and seen == ["abc"]
     assert [m.request_id for m in chest.measurements] == ["abc"]
@@ -348,7 +348,7 @@ def test_request_id_generator_may_be_an_import_string(chest: RecordingChest) -> 
     app = Flask(__name__)
     app.config["FLASK_CHEST_REQUEST_ID_GENERATOR"] = f"{__name__}:next_request_id"
     sample_views(app)
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     app.test_client().get("/")
     assert chest.measurements[0].request_id.startswith("req-")  # type: ignore[union-attr]
 
@@ -356,7 +356,7 @@ def test_request_id_generator_may_be_an_import_string(chest: RecordingChest) -> 
 def test_tracked_vars_none_records_public_g_attributes_only(chest: RecordingChest) -> None:
     app = Flask(__name__)
     sample_views(app)
-    FlaskChest(app, chests=[chest])
+    FlaskChestExtension(app, chests=[chest])
     app.test_client().get("/")
     assert sorted(m.name for m in chest.measurements) == ["response_time", "transaction"]
 
@@ -377,7 +377,7 @@ def test_raise_exceptions_fails_the_request_on_a_recording_error_unless_it_faile
         g.transaction = 1
         abort(410)
 
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     app.logger.disabled = True
     try:
         client = app.test_client()
@@ -396,7 +396,7 @@ def test_a_recording_error_is_logged_and_the_request_goes_on_by_default(
     monkeypatch.setattr(RECORDER, "record_many", broken_record_many)
     app = Flask(__name__)
     sample_views(app)
-    FlaskChest(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, chests=[chest], tracked_vars=SAMPLE_TRACKED)
     with caplog.at_level(logging.ERROR, logger="flask_chest_otel"):
         assert app.test_client().get("/items/99").status_code == 200
     assert "recording failed on route /items/<int:item_id>" in caplog.text
@@ -410,7 +410,7 @@ def test_a_failing_request_id_generator_fails_the_request_with_raise_exceptions(
 
     app = Flask(__name__)
     sample_views(app)
-    FlaskChest(app, chests=[chest], request_id_generator=failing, raise_exceptions=True)
+    FlaskChestExtension(app, chests=[chest], request_id_generator=failing, raise_exceptions=True)
     app.logger.disabled = True
     try:
         assert app.test_client().get("/").status_code == 500
@@ -444,7 +444,7 @@ def test_bad_configuration_is_refused_with_the_key_named(
     app.config.update(config)
     # The chests come from the constructor, except in the cases about chests.
     chests = [chest] if config and "FLASK_CHEST_CHESTS" not in config else None
-    extension = FlaskChest(chests=chests)
+    extension = FlaskChestExtension(chests=chests)
     with pytest.raises(error, match=message):
         extension.init_app(app)
     assert "flask_chest_otel" not in app.extensions
@@ -456,7 +456,7 @@ def test_force_flush_flushes_the_apps_chests(
     sqlite_chest = make_sqlite_chest(export_interval=60)
     app = Flask(__name__)
     sample_views(app)
-    extension = FlaskChest(app, chests=[sqlite_chest], tracked_vars=SAMPLE_TRACKED)
+    extension = FlaskChestExtension(app, chests=[sqlite_chest], tracked_vars=SAMPLE_TRACKED)
     app.test_client().get("/")
     assert extension.force_flush(app)
     assert [r["name"] for r in read_rows(sqlite_chest.db_uri)] == ["transaction"]
@@ -464,4 +464,4 @@ def test_force_flush_flushes_the_apps_chests(
 
 def test_chests_of_an_app_it_is_not_registered_on_is_an_error(chest: RecordingChest) -> None:
     with pytest.raises(RuntimeError, match="not registered on app 'other'"):
-        FlaskChest(chests=[chest]).chests_of(Flask("other"))
+        FlaskChestExtension(chests=[chest]).chests_of(Flask("other"))

@@ -12,8 +12,12 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-from flask_chest_otel import FlaskChestInfluxDB, FlaskChestMeterProvider, flask_chest
-from flask_chest_otel._delivery import DELTA_TEMPORALITY
+from flask_chest_otel import (
+    DELTA_TEMPORALITY,
+    FlaskChestInfluxDB,
+    FlaskChestMeterProvider,
+    flask_chest,
+)
 
 from .conftest import SAMPLE_TRACKED
 from .otlp_receiver import otlp_receiver

@@ -13,7 +13,7 @@ from flask import Flask, g
 import flask_chest_otel.testing
 from flask_chest_otel import Chest, FlaskChestSQLite, flask_chest
 from flask_chest_otel._recorder import RECORDER, Recorder
-from flask_chest_otel.extension import FlaskChest
+from flask_chest_otel.extension import FlaskChestExtension
 from flask_chest_otel.testing import CapturedMeasurement, RecordingChest, capture_measurements
 
 from .conftest import SAMPLE_TRACKED, read_rows, sample_app
@@ -109,7 +109,7 @@ def test_recording_chest_stands_in_for_real_chests_in_the_extensions_config(
         g.transaction = 1
         return "ok"
 
-    FlaskChest(app, tracked_vars=SAMPLE_TRACKED)
+    FlaskChestExtension(app, tracked_vars=SAMPLE_TRACKED)
     app.test_client().post("/checkout")
     assert [(m.name, m.value, m.route) for m in chest.measurements] == [
         ("transaction", 1.0, "/checkout")

@@ -1,14 +1,19 @@
 """The demo app of ``docker-compose.yml``: flask-chest's sample usage, recorded
-app-wide by ``FlaskChest`` and exported three ways at once:
+app-wide by ``FlaskChestExtension`` and exported three ways at once:
 
 - ``FlaskChestInfluxDB`` to InfluxDB 2.7 (measurements ``transaction`` and
   ``response_time``, field ``value``, tags ``request_id``, ``method``,
   ``route``, ``app``), which the Grafana dashboard reads;
 - ``FlaskChestCustomWriter`` with the sample's payload generator to the
   ``sink`` service (it logs each POST);
-- ``FlaskChestMeterProvider`` into an OpenTelemetry MeterProvider whose OTLP
-  exporter sends to the OpenTelemetry Collector, which writes to InfluxDB too
-  (same measurements, field ``gauge``).
+- ``FlaskChestOTel`` with OpenTelemetry's OTLP/HTTP exporter to the
+  OpenTelemetry Collector, which writes to InfluxDB too (same measurements,
+  field ``gauge``, each point at its request's time).
+
+Every request is traced (``opentelemetry-instrumentation-flask``); the spans
+go over OTLP to the Collector and on to Jaeger, and each recorded point names
+its request's trace (InfluxDB field ``trace_id``, an OTLP exemplar): the
+dashboard's table of slow POSTs links each one to its trace in Jaeger.
 
 gunicorn serves ``demo_app:create_app()``; each worker builds its own chests.
 Settings come from the environment (see ``docker-compose.yml``).
@@ -26,20 +31,14 @@ from typing import Any
 
 from flask import Flask, g, request
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.sdk.metrics import (
-    Counter,
-    Histogram,
-    MeterProvider,
-    ObservableCounter,
-    ObservableGauge,
-    ObservableUpDownCounter,
-    UpDownCounter,
-    _Gauge,
-)
-from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.flask import FlaskInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from flask_chest_otel import FlaskChestCustomWriter, FlaskChestMeterProvider
-from flask_chest_otel.extension import FlaskChest, flask_chest_exempt
+from flask_chest_otel import FlaskChestCustomWriter, FlaskChestOTel
+from flask_chest_otel.extension import FlaskChestExtension, flask_chest_exempt
 from flask_chest_otel.influxdb import FlaskChestInfluxDB
 
 #: What each method records: the sample usage's SLIs.
@@ -48,7 +47,7 @@ TRACKED_VARS = {"GET": ["transaction"], "POST": ["transaction", "response_time"]
 MEASUREMENTS = ("transaction", "response_time")
 
 logger = logging.getLogger("demo_app")
-flask_chest_ext = FlaskChest(tracked_vars=TRACKED_VARS)
+flask_chest_ext = FlaskChestExtension(tracked_vars=TRACKED_VARS)
 
 
 def custom_request_id_generator() -> str:
@@ -64,21 +63,16 @@ def cust_payload_generator(context_tuple_list: list[tuple[str, Any, str]]) -> di
     return payload
 
 
-def otlp_meter_provider() -> MeterProvider:
-    """A MeterProvider exporting over OTLP/HTTP (``OTEL_EXPORTER_OTLP_ENDPOINT``)
-    with DELTA temporality, so per-request attribute sets are not kept."""
-    delta = AggregationTemporality.DELTA
-    temporality: dict[type, AggregationTemporality] = {
-        kind: delta
-        for kind in (
-            Counter, UpDownCounter, Histogram, _Gauge,
-            ObservableCounter, ObservableUpDownCounter, ObservableGauge,
-        )
-    }
-    reader = PeriodicExportingMetricReader(
-        OTLPMetricExporter(preferred_temporality=temporality), export_interval_millis=5_000
+def tracer_provider(environ: Mapping[str, str] = os.environ) -> TracerProvider:
+    """Records a span per request; exports them over OTLP/HTTP
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``) when that is set."""
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "demo")})
     )
-    return MeterProvider(metric_readers=[reader])
+    if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+    return provider
 
 
 def build_chests(environ: Mapping[str, str] = os.environ) -> list[Any]:
@@ -102,14 +96,22 @@ def build_chests(environ: Mapping[str, str] = os.environ) -> list[Any]:
         ),
     ]
     if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        chests.append(FlaskChestMeterProvider(otlp_meter_provider()))
+        endpoint = environ["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/metrics"
+        chests.append(FlaskChestOTel(OTLPMetricExporter(endpoint=endpoint), logger=logger))
     return chests
 
 
-def create_app(chests: Sequence[Any] | None = None) -> Flask:
-    """The app; ``chests`` replaces the environment's (tests)."""
+def create_app(
+    chests: Sequence[Any] | None = None, tracing: TracerProvider | None = None
+) -> Flask:
+    """The app; ``chests`` and ``tracing`` replace the environment's (tests)."""
     logging.basicConfig(level=logging.INFO)
     app = Flask(__name__)
+    # Before the extension: its hook then runs once the request's span is
+    # current, and each point names the span's trace.
+    FlaskInstrumentor().instrument_app(
+        app, tracer_provider=tracing if tracing is not None else tracer_provider()
+    )
     app.config["FLASK_CHEST_CHESTS"] = list(chests) if chests is not None else build_chests()
     app.config["FLASK_CHEST_REQUEST_ID_GENERATOR"] = custom_request_id_generator
 
