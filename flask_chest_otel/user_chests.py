@@ -18,8 +18,8 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
+from ._context_tuple import ContextTuple, context_tuples
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
-from .http_payload import ContextTuple, _context_tuples
 
 __all__ = ["FlaskChest", "WriterChest", "writer_chest"]
 
@@ -79,7 +79,7 @@ class _WriteExporter(BufferedExporter[list[ContextTuple]]):
         self._write = write
 
     def _encode(self, metrics_data: MetricsData) -> Iterator[list[ContextTuple]]:
-        per_request, others = _context_tuples(metrics_data, self._unsupported)
+        per_request, others = context_tuples(metrics_data, self._unsupported)
         yield from per_request
         if others:
             yield others

@@ -470,32 +470,6 @@ def test_413_on_big_batches_splits_them_until_influxdb_takes_every_point(
         assert chest.exporter.stats.dropped == 0
 
 
-def test_413_from_an_http_endpoint_drops_exactly_that_payload(
-    sink: HTTPSink, chests: list[Chest], caplog: pytest.LogCaptureFixture
-) -> None:
-    """The custom writer cannot split a user's payload: a 413 drops exactly
-    the requests of that one POST (logged, counted); all others arrive."""
-    sink.script(Reply(413, b"entity too large"))
-    ids = Ids("payload-413")
-    chest = writer_chest(chests, sink.url, per_request=False)
-    app = sample_app([chest], request_id_generator=ids)
-    with caplog.at_level(logging.ERROR, logger="flask_chest_otel"):
-        serve(app, 10)
-        assert chest.force_flush(timeout_millis=5_000)
-        serve(app, 10)
-        assert chest.force_flush(timeout_millis=5_000)
-    refused, *accepted = sink.posts()
-    lost = {t[2] for t in refused.json().values()}
-    assert lost and lost <= set(ids.made[:10])
-    arrived = [t[2] for post in accepted for t in post.json().values()]
-    assert Counter(arrived) == Counter({i: 2 for i in set(ids.made) - lost})
-    assert chest.exporter.stats.dropped_rejected == 1
-    assert any("HTTP 413" in r.getMessage() for r in caplog.records)
-
-
-# -- isolation, request path --------------------------------------------------------
-
-
 def test_a_slow_and_a_dead_backend_never_delay_another_chest_or_a_request(
     sink: HTTPSink, chests: list[Chest]
 ) -> None:
