@@ -403,8 +403,10 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 or self.stats.buffered_bytes > self.max_buffer_bytes
                 or (spool is not None and spool.live_bytes > self.spool_max_bytes)
             ):
-                self._pop_oldest(1)
+                self._pop_oldest(1, write=False)
                 dropped += 1
+            if dropped:
+                self._pop_oldest(0)  # one ack frame for all of them
             self.stats.dropped_buffer_full += dropped
             ready = (
                 self.flush_interval == 0
@@ -445,7 +447,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             )
             return [0] * len(items)
 
-    def _pop_oldest(self, count: int) -> None:
+    def _pop_oldest(self, count: int, write: bool = True) -> None:
         """Removes the ``count`` oldest items from the buffer and the spool
         (caller holds the lock)."""
         spooled = 0
@@ -454,9 +456,9 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             self.stats.buffered -= 1
             self.stats.buffered_bytes -= size
             spooled += spool_size > 0
-        if spooled and self._spool is not None:
+        if self._spool is not None:
             try:
-                self._spool.ack(spooled)
+                self._spool.ack(spooled, write=write)
             except OSError as exc:
                 self._log.log(
                     logging.ERROR,
@@ -527,11 +529,11 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         refused = self.stats.dropped_rejected - refused_before
         if left - kept or refused:
             self.logger.error(
-                "%s: shut down with %d items the backend refused meanwhile and %d items "
-                "not delivered in time; they are lost",
+                "%s: shut down with %d items not delivered in time, lost; "
+                "%d refused by the backend meanwhile, dropped",
                 self.name,
-                refused,
                 left - kept,
+                refused,
             )
         if kept:
             self.logger.warning(

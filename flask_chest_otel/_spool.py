@@ -111,6 +111,7 @@ class Spool:
         self._fd: int | None = None
         self._pid = os.getpid()
         self._sizes: deque[int] = deque()
+        self._unwritten_acks = 0
         self.live_bytes = 0
         self.file_bytes = 0
 
@@ -145,13 +146,16 @@ class Spool:
     def oldest_size(self) -> int:
         return self._sizes[0] if self._sizes else 0
 
-    def ack(self, count: int) -> None:
-        """The ``count`` oldest items are gone."""
+    def ack(self, count: int, write: bool = True) -> None:
+        """The ``count`` oldest items are gone. With ``write=False`` the ack
+        frame waits for the next ``ack`` (one frame for many drops)."""
         count = min(count, len(self._sizes))
-        if count <= 0 or self._fd is None:
-            return
         for _ in range(count):
             self.live_bytes -= self._sizes.popleft()
+        self._unwritten_acks += count
+        if not write or not self._unwritten_acks or self._fd is None:
+            return
+        count, self._unwritten_acks = self._unwritten_acks, 0
         if not self._sizes:
             # Everything is gone: start the file again rather than grow it.
             os.ftruncate(self._fd, 0)
@@ -188,6 +192,7 @@ class Spool:
             raise
         os.close(self._fd)
         self._fd = fd
+        self._unwritten_acks = 0
         self._sizes = deque(len(frame) for frame in frames)
         self.live_bytes = self.file_bytes = len(data)
 

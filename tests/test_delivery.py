@@ -346,8 +346,8 @@ def test_shutdown_says_what_was_refused_and_what_was_lost(
     exporter.shutdown(timeout_millis=300)
     assert (exporter.stats.dropped_rejected, exporter.stats.dropped_shutdown) == (1, 2)
     assert (
-        "scripted: shut down with 1 items the backend refused meanwhile and 2 items "
-        "not delivered in time; they are lost"
+        "scripted: shut down with 2 items not delivered in time, lost; "
+        "1 refused by the backend meanwhile, dropped"
     ) in caplog.text
 
 
