@@ -46,7 +46,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
 from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
-from ._names import SCOPE_NAME
+from ._names import ATTR_REQUEST_ID, SCOPE_NAME
 from ._trace import SpanIds
 
 if TYPE_CHECKING:
@@ -287,8 +287,8 @@ def _request_ends(record: Record, pending: deque[Record]) -> bool:
         following = pending[0]
     except IndexError:
         return True
-    request_id = (record[3] or {}).get("request_id")
-    return request_id is None or (following[3] or {}).get("request_id") != request_id
+    request_id = (record[3] or {}).get(ATTR_REQUEST_ID)
+    return request_id is None or (following[3] or {}).get(ATTR_REQUEST_ID) != request_id
 
 
 def deliver_at_exit() -> None:

@@ -223,8 +223,9 @@ class Spool:
         this process's file, then calls ``release_adopted``."""
         self._adopted: list[tuple[Path, int]] = []
         found: list[tuple[float, Path]] = []
+        mine = re.compile(re.escape(self.prefix) + r"\.[0-9]+\.[0-9a-f]{8}\.spool")
         for path in self.directory.glob(f"{self.prefix}.*.spool"):
-            if path == self.path:
+            if path == self.path or not mine.fullmatch(path.name):
                 continue
             try:
                 found.append((path.stat().st_mtime, path))

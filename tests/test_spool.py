@@ -282,3 +282,21 @@ def test_a_long_outage_compacts_the_file_instead_of_growing_it(tmp_path: Path) -
     exporter.shutdown(timeout_millis=10)
     items, _ = read_items(spool_files(tmp_path)[0].read_bytes())
     assert len(items) == 1_000
+
+
+def test_a_chest_takes_only_the_files_of_its_own_name(tmp_path: Path) -> None:
+    """Chests "scripted" and "scripted.b" share a directory: neither takes
+    the other's files."""
+    other = Spool(tmp_path, "scripted.b", logging.getLogger("test"), pickle_dumps, pickle.loads)
+    other.append([5])
+    assert other._fd is not None
+    os.close(other._fd)
+    mine = dead_spool(tmp_path, [1])
+    exporter = ScriptedExporter(lambda batch: DELIVERED, spool_dir=tmp_path)
+    exporter._ensure_thread()
+    try:
+        assert wait_for(lambda: exporter.delivered == [1], timeout=10)
+    finally:
+        exporter.shutdown()
+    assert not mine.exists()
+    assert other.path is not None and other.path.exists()
