@@ -49,8 +49,8 @@ SPOOLING_PROCESS = textwrap.dedent(
     ).test_client()
     for _ in range(int(sys.argv[4])):
         assert client.get("/").status_code == 200
-    print("served", flush=True)
-    try:
+    try:  # Ctrl-C may come as soon as "served" is read
+        print("served", flush=True)
         time.sleep(3600)
     except KeyboardInterrupt:
         pass
