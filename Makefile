@@ -12,6 +12,9 @@ PROCESS_TESTS := tests/test_exit.py tests/test_spool.py tests/test_gunicorn.py \
 	tests/test_pipeline.py::test_a_forked_child_exports_only_its_own_requests \
 	tests/test_faults.py::test_sigterm_under_gunicorn_delivers_every_request_to_victoria_metrics
 OTHER_PYTHONS := 3.10 3.12 3.13
+# Only what those tests import (the pins of pyproject's `test` extra): the
+# whole extra (Sphinx, mypy, the OTel distro) would double CI's install time.
+PROCESS_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100' 'gunicorn>=22'
 python_for = $(firstword $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python) python$(1))
 
 .PHONY: demo test test-pythons lint bench docs clean
@@ -35,7 +38,7 @@ test: $(VENV)/.installed
 .venv-%/.installed: pyproject.toml
 	$(call python_for,$*) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install -q --upgrade pip
-	.venv-$*/bin/python -m pip install -q -e '.[test]'
+	.venv-$*/bin/python -m pip install -q -e . $(PROCESS_TEST_DEPS)
 	touch $@
 
 # Python 3.11 (the default) ran them in `make test` already.
