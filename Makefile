@@ -4,7 +4,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench docs clean
+# The process-level tests (exit, fork, spool, gunicorn) run on every Python
+# the package claims, each in its own virtualenv (.venv-3.X); pyenv's
+# interpreters are used when present, else python3.X from PATH.
+PROCESS_TESTS := tests/test_exit.py tests/test_spool.py tests/test_gunicorn.py \
+	tests/test_pipeline.py::test_interpreter_exit_flushes_without_an_explicit_shutdown \
+	tests/test_pipeline.py::test_a_forked_child_exports_only_its_own_requests \
+	tests/test_faults.py::test_sigterm_under_gunicorn_delivers_every_request_to_victoria_metrics
+OTHER_PYTHONS := 3.10 3.12 3.13
+# Only what those tests import (the pins of pyproject's `test` extra): the
+# whole extra (Sphinx, mypy, the OTel distro) would double CI's install time.
+PROCESS_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100' 'gunicorn>=22'
+python_for = $(firstword $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python) python$(1))
+
+.PHONY: demo test test-pythons lint bench docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +33,20 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check flask_chest_otel tests benchmarks deploy
 	$(PY) -m mypy
 	$(PY) -m pytest
+	$(MAKE) test-pythons
+
+.venv-%/.installed: pyproject.toml
+	$(call python_for,$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q -e . $(PROCESS_TEST_DEPS)
+	touch $@
+
+# Python 3.11 (the default) ran them in `make test` already.
+test-pythons: $(foreach version,$(OTHER_PYTHONS),.venv-$(version)/.installed)
+	set -e; for version in $(OTHER_PYTHONS); do \
+		echo "== Python $$version: process-level tests"; \
+		.venv-$$version/bin/python -m pytest -q -p no:cacheprovider $(PROCESS_TESTS); \
+	done
 
 bench: $(VENV)/.installed
 	./scripts/ensure-servers.sh --bench
@@ -29,4 +56,4 @@ docs: $(VENV)/.installed
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(foreach version,$(OTHER_PYTHONS),.venv-$(version)) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -19,6 +19,8 @@ from ._recorder import RECORDER
 
 #: Default seconds between exports: short, because users watch SLIs live.
 DEFAULT_EXPORT_INTERVAL = 2.0
+#: Seconds between hand-overs to a spooling chest: what a SIGKILL can lose.
+SPOOL_COLLECT_INTERVAL = 0.1
 
 
 class Chest:
@@ -47,6 +49,17 @@ class Chest:
         self.export_interval = float(export_interval)
         self.exporter = exporter
         exporter.flush_interval = self.export_interval
+        # The sender thread exists from now on: Python 3.12+ cannot start one
+        # at interpreter exit.
+        exporter._ensure_thread()
+
+    @property
+    def collect_interval(self) -> float:
+        """Seconds between hand-overs from the recorder: short for a spooling
+        chest, so that what only memory holds stays small."""
+        if getattr(self.exporter, "spool_dir", None) is not None:
+            return min(self.export_interval, SPOOL_COLLECT_INTERVAL)
+        return self.export_interval
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -61,7 +74,8 @@ class Chest:
         return self.exporter.force_flush(timeout_millis)
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
-        """Sends what is left (bounded by ``timeout_millis``) and stops."""
+        """Sends what is left (bounded by ``timeout_millis``) and stops. With a
+        spool, what is not delivered in time stays on disk for the next process."""
         RECORDER.collect()
         RECORDER.forget(self)
         self.exporter.shutdown(timeout_millis=timeout_millis)

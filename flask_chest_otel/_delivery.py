@@ -13,13 +13,15 @@ import atexit
 import enum
 import logging
 import os
+import pickle
 import random
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from opentelemetry.sdk.metrics import (
@@ -37,6 +39,9 @@ from opentelemetry.sdk.metrics.export import (
     MetricExportResult,
     MetricsData,
 )
+
+from ._spool import Spool
+from .environment_variables import FLASK_CHEST_EXIT_TIMEOUT, FLASK_CHEST_SPOOL_DIR
 
 Item = TypeVar("Item")
 
@@ -93,14 +98,30 @@ class Outcome:
 DELIVERED = Outcome(Status.DELIVERED)
 
 
+_RATE_LIMITED_LOGS: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
+
+
 class RateLimitedLog:
     """Logs one message per key at most every ``interval`` seconds, counting the
-    repeats in between, so a dead backend does not flood the log."""
+    repeats in between, so a dead backend does not flood the log.
 
-    def __init__(self, logger: logging.Logger, interval: float = 60.0) -> None:
+    A key names a kind of problem ("retry", "rejected"), not one occurrence:
+    the table keeps the ``max_keys`` most recent keys (least recently used
+    go first), so nothing in it grows with the number of requests.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 60.0, max_keys: int = 256
+    ) -> None:
         self.logger = logger
         self.interval = interval
-        self._last: dict[str, tuple[float, int]] = {}
+        self.max_keys = max_keys
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        _RATE_LIMITED_LOGS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread of the parent may have held the lock at fork.
         self._lock = threading.Lock()
 
     def log(
@@ -111,8 +132,12 @@ class RateLimitedLog:
             last, suppressed = self._last.get(key, (float("-inf"), 0))
             if now - last < self.interval:
                 self._last[key] = (last, suppressed + 1)
+                self._last.move_to_end(key)
                 return
             self._last[key] = (now, 0)
+            self._last.move_to_end(key)
+            while len(self._last) > self.max_keys:
+                self._last.popitem(last=False)
         if suppressed:
             message += " (%d similar messages suppressed)"
             args = (*args, suppressed)
@@ -140,6 +165,8 @@ class DeliveryStats:
     dropped_encoding: int = 0
     buffered: int = 0
     buffered_bytes: int = 0
+    #: Items left in the spool file at shutdown, for the next process.
+    spooled: int = 0
 
     @property
     def dropped(self) -> int:
@@ -152,6 +179,55 @@ class DeliveryStats:
 
 
 _LIVE_EXPORTERS: weakref.WeakSet[BufferedExporter[Any]] = weakref.WeakSet()
+
+#: Seconds the exit hooks may take in all, for every chest together.
+DEFAULT_EXIT_TIMEOUT = 5.0
+#: Seconds between looks for spool files of processes that are gone.
+ADOPT_INTERVAL = 10.0
+_exit_timeout: float | None = None
+_exit_deadline: float | None = None
+
+
+def set_exit_timeout(seconds: float) -> None:
+    """Sets how long the interpreter's exit may wait for deliveries, in
+    seconds, shared by all chests (default 5, or ``FLASK_CHEST_EXIT_TIMEOUT``)."""
+    global _exit_timeout
+    if not seconds >= 0:
+        raise ValueError(f"the exit timeout must be >= 0 seconds, got {seconds!r}")
+    _exit_timeout = float(seconds)
+
+
+def exit_timeout() -> float:
+    """The exit budget in seconds: ``set_exit_timeout``, else the environment
+    variable ``FLASK_CHEST_EXIT_TIMEOUT``, else 5."""
+    if _exit_timeout is not None:
+        return _exit_timeout
+    text = os.environ.get(FLASK_CHEST_EXIT_TIMEOUT, "").strip()
+    if text:
+        try:
+            value = float(text)
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+        LOGGER.warning(
+            "flask_chest_otel: %s=%r is not a number of seconds >= 0; using %s",
+            FLASK_CHEST_EXIT_TIMEOUT, text, DEFAULT_EXIT_TIMEOUT,
+        )  # fmt: skip
+    return DEFAULT_EXIT_TIMEOUT
+
+
+def exit_deadline() -> float:
+    """The one monotonic deadline of this process's exit, fixed by the first
+    exit hook that asks for it."""
+    global _exit_deadline
+    if _exit_deadline is None:
+        _exit_deadline = time.monotonic() + exit_timeout()
+    return _exit_deadline
+
+
+def exit_millis_left() -> float:
+    return max(0.0, exit_deadline() - time.monotonic()) * 1000
 
 
 class BufferedExporter(MetricExporter, Generic[Item]):
@@ -172,6 +248,12 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         retry_initial / retry_max: backoff bounds in seconds (Retry-After is
             honoured up to ``retry_max``).
         preferred_temporality: as for any MetricExporter; DELTA by default.
+        spool_dir: a directory for the on-disk spool (default: the
+            environment variable ``FLASK_CHEST_SPOOL_DIR``, else none): what
+            the buffer holds is also written there, and a later process on the
+            same directory resends what this one could not deliver.
+        spool_max_bytes: the spool file's bound (default ``max_buffer_bytes``);
+            beyond it the oldest items are dropped and counted.
     """
 
     def __init__(
@@ -188,6 +270,8 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         retry_initial: float = 1.0,
         retry_max: float = 30.0,
         preferred_temporality: dict[type, AggregationTemporality] | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int | None = None,
     ) -> None:
         super().__init__(preferred_temporality=preferred_temporality or dict(DELTA_TEMPORALITY))
         for label, number in (
@@ -195,6 +279,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             ("max_batch_bytes", max_batch_bytes),
             ("max_buffer_items", max_buffer_items),
             ("max_buffer_bytes", max_buffer_bytes),
+            ("spool_max_bytes", max_buffer_bytes if spool_max_bytes is None else spool_max_bytes),
         ):
             if number < 1:
                 raise ValueError(f"{label} must be at least 1, got {number!r}")
@@ -215,10 +300,24 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         self.retry_max = retry_max
         self.stats = DeliveryStats()
         self._log = RateLimitedLog(self.logger)
-        self._buffer: deque[tuple[Item, int]] = deque()
+        #: (item, size, bytes it takes in the spool file or 0 if not spooled)
+        self._buffer: deque[tuple[Item, int, int]] = deque()
         self._shut_down = False
+        if spool_dir is None:
+            spool_dir = os.environ.get(FLASK_CHEST_SPOOL_DIR) or None
+        self.spool_max_bytes = max_buffer_bytes if spool_max_bytes is None else spool_max_bytes
+        self._spool: Spool | None = None
+        if spool_dir is not None:
+            self._spool = Spool(
+                spool_dir, name, self.logger, self._spool_dumps, self._spool_loads
+            )
         self._init_thread_state()
         _LIVE_EXPORTERS.add(self)
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """The spool's directory, or None when the exporter does not spool."""
+        return self._spool.directory if self._spool is not None else None
 
     # -- subclass hooks -------------------------------------------------------
 
@@ -233,6 +332,21 @@ class BufferedExporter(MetricExporter, Generic[Item]):
 
     def _close(self) -> None:
         """Releases the exporter's resources; called once, on the sender thread."""
+
+    def _spool_dumps(self, item: Item) -> bytes:
+        """An item as stored in the spool file (pickle by default)."""
+        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _spool_loads(self, data: bytes) -> Item:
+        """The inverse of ``_spool_dumps``."""
+        item: Item = pickle.loads(data)
+        return item
+
+    def _mask_example(self, item: Item) -> str:
+        """An item as quoted in a log line, e.g. the example of a refused item.
+        Override to mask what must never be logged (tokens, personal data)."""
+        text = repr(item)
+        return text if len(text) <= 300 else text[:300] + "..."
 
     # -- MetricExporter -------------------------------------------------------
 
@@ -269,22 +383,30 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         return MetricExportResult.SUCCESS
 
     def enqueue(self, items: Sequence[tuple[Item, int]]) -> None:
-        """Adds encoded (item, size) pairs to the buffer, dropping the oldest
-        beyond the bound, and wakes the sender if a batch is ready."""
+        """Adds encoded (item, size) pairs to the buffer (and the spool file),
+        dropping the oldest beyond the bounds, and wakes the sender if a batch
+        is ready. Runs on the collector's or the sender's thread, never on a
+        request's."""
         self._ensure_thread()
         dropped = 0
         with self._lock:
-            self._buffer.extend(items)
+            spooled = self._spool_append(items)
+            self._buffer.extend(
+                (item, size, spool_size)
+                for (item, size), spool_size in zip(items, spooled, strict=True)
+            )
             self.stats.buffered += len(items)
             self.stats.buffered_bytes += sum(size for _, size in items)
+            spool = self._spool
             while self._buffer and (
                 self.stats.buffered > self.max_buffer_items
                 or self.stats.buffered_bytes > self.max_buffer_bytes
+                or (spool is not None and spool.live_bytes > self.spool_max_bytes)
             ):
-                _, size = self._buffer.popleft()
-                self.stats.buffered -= 1
-                self.stats.buffered_bytes -= size
+                self._pop_oldest(1, write=False)
                 dropped += 1
+            if dropped:
+                self._pop_oldest(0)  # one ack frame for all of them
             self.stats.dropped_buffer_full += dropped
             ready = (
                 self.flush_interval == 0
@@ -295,21 +417,69 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             self._log.log(
                 logging.WARNING,
                 "buffer-full",
-                "%s: buffer full (%d items / %d bytes): dropped the %d oldest items",
+                "%s: buffer full (%d items / %d bytes, spool %d bytes): "
+                "dropped the %d oldest items",
                 self.name,
                 self.max_buffer_items,
                 self.max_buffer_bytes,
+                self.spool_max_bytes,
                 dropped,
             )
         if ready:
             self._wake.set()
 
+    def _spool_append(self, items: Sequence[tuple[Item, int]]) -> list[int]:
+        """Writes the items to the spool file (caller holds the lock); a write
+        that fails keeps them in memory only, logged."""
+        if self._spool is None:
+            return [0] * len(items)
+        try:
+            return self._spool.append([item for item, _ in items])
+        except Exception as exc:
+            self._log.log(
+                logging.ERROR,
+                "spool-write",
+                "%s: could not write to the spool in %s (%r); %d items are kept in memory only",
+                self.name,
+                self._spool.directory,
+                exc,
+                len(items),
+            )
+            return [0] * len(items)
+
+    def _pop_oldest(self, count: int, write: bool = True) -> None:
+        """Removes the ``count`` oldest items from the buffer and the spool
+        (caller holds the lock)."""
+        spooled = 0
+        for _ in range(min(count, len(self._buffer))):
+            _, size, spool_size = self._buffer.popleft()
+            self.stats.buffered -= 1
+            self.stats.buffered_bytes -= size
+            spooled += spool_size > 0
+        if self._spool is not None:
+            try:
+                self._spool.ack(spooled, write=write)
+            except OSError as exc:
+                self._log.log(
+                    logging.ERROR,
+                    "spool-write",
+                    "%s: could not update the spool in %s (%r); its items may be sent again",
+                    self.name,
+                    self._spool.directory,
+                    exc,
+                )
+
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        """Sends everything buffered now; True if the buffer emptied in time."""
+        """Sends everything buffered now; True only if the buffer emptied in
+        time and nothing was refused or dropped meanwhile."""
         deadline = time.monotonic() + timeout_millis / 1000
+        lost_before = self._lost_count()
         if not self._buffer:
             return True
         self._ensure_thread()
+        if self._thread is None:  # no thread can start (interpreter exit): send here
+            self._drain(deadline=deadline)
+            return not self._buffer and self._lost_count() == lost_before
         self._wake.set()
         with self._idle:
             while self._buffer:
@@ -318,31 +488,60 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                     return False
                 self._idle.wait(min(remaining, 0.5))
                 self._wake.set()
-        return True
+        return self._lost_count() == lost_before
+
+    def _lost_count(self) -> int:
+        stats = self.stats
+        return stats.dropped_rejected + stats.dropped_buffer_full + stats.dropped_encoding
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        """Sends what is buffered within ``timeout_millis``, then stops; what
-        could not be sent is counted as dropped (reason ``shutdown``) and logged."""
+        """Sends what is buffered within ``timeout_millis``, then stops. What
+        could not be sent stays in the spool file for the next process, or,
+        without a spool, is counted as dropped (reason ``shutdown``); the log
+        line tells what the backend refused meanwhile from what is lost."""
         if self._shut_down:
             return
+        refused_before = self.stats.dropped_rejected
         self._shut_down = True
         self._stop_deadline = time.monotonic() + timeout_millis / 1000
         self._stopping.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            thread.join(max(0.0, self._stop_deadline - time.monotonic()) + 1.0)
-        if thread is None:
-            self._close()
+            # A little grace past the deadline, for a send already under way.
+            thread.join(max(0.0, self._stop_deadline - time.monotonic()) + 0.2)
+        if thread is None:  # never started, or no thread can start now: send here
+            try:
+                self._drain(deadline=self._stop_deadline)
+            finally:
+                self._close()
         with self._lock:
             left = len(self._buffer)
+            kept = sum(1 for _, _, spool_size in self._buffer if spool_size)
             self._buffer.clear()
             self.stats.buffered = 0
             self.stats.buffered_bytes = 0
-            self.stats.dropped_shutdown += left
-        if left:
+            self.stats.spooled += kept
+            self.stats.dropped_shutdown += left - kept
+            spool = self._spool
+            if spool is not None:
+                spool.close()
+        refused = self.stats.dropped_rejected - refused_before
+        if left - kept or refused:
             self.logger.error(
-                "%s: shut down with %d items not delivered; they are lost", self.name, left
+                "%s: shut down with %d items not delivered in time, lost; "
+                "%d refused by the backend meanwhile, dropped",
+                self.name,
+                left - kept,
+                refused,
+            )
+        if kept:
+            self.logger.warning(
+                "%s: shut down with %d items not delivered, kept in the spool %s for the "
+                "next process on that directory",
+                self.name,
+                kept,
+                spool.path if spool is not None else "",
             )
 
     # -- the sender thread ----------------------------------------------------
@@ -361,21 +560,39 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         self._buffer.clear()
         self.stats = DeliveryStats()
         self._init_thread_state()
+        if self._spool is not None:
+            self._spool.after_fork_in_child()
+        if not self._shut_down:
+            self._ensure_thread()
 
     def _ensure_thread(self) -> None:
+        """Starts the sender thread. Chests call it at creation: Python 3.12+
+        refuses to start a thread once the interpreter is exiting, where the
+        exit hook then sends on its own thread."""
         if self._thread is not None or self._shut_down:
             return
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._run, name=f"flask_chest_otel:{self.name}", daemon=True
                 )
-                self._thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                    return
+                self._thread = thread
 
     def _run(self) -> None:
+        next_adoption = 0.0
         try:
             while not self._stopping.is_set():
-                self._wake.wait(self.flush_interval or None)
+                if self._spool is not None and time.monotonic() >= next_adoption:
+                    self._adopt()
+                    next_adoption = time.monotonic() + ADOPT_INTERVAL
+                timeout = self.flush_interval or None
+                if self._spool is not None:
+                    timeout = min(timeout or ADOPT_INTERVAL, ADOPT_INTERVAL)
+                self._wake.wait(timeout)
                 self._wake.clear()
                 self._drain()
             self._drain(deadline=self._stop_deadline)
@@ -388,12 +605,31 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 with self._idle:
                     self._idle.notify_all()
 
+    def _adopt(self) -> None:
+        """Takes the spool files of processes that are gone: their items join
+        this process's buffer and spool file, then their files are deleted."""
+        spool = self._spool
+        if spool is None:
+            return
+        try:
+            with self._lock:
+                items = spool.adopt()
+            if items:
+                self.enqueue([(item, self._item_size(item)) for item in items])
+                self._wake.set()
+            with self._lock:
+                spool.release_adopted()
+        except Exception:
+            self.logger.exception(
+                "%s: could not take over the spool files in %s", self.name, spool.directory
+            )
+
     def _take(self, limit: int) -> list[Item]:
         """The oldest items that fit one batch; left in the buffer until sent."""
         batch: list[Item] = []
         size = 0
         with self._lock:
-            for item, item_size in self._buffer:
+            for item, item_size, _ in self._buffer:
                 if batch and (len(batch) >= limit or size + item_size > self.max_batch_bytes):
                     break
                 batch.append(item)
@@ -402,18 +638,36 @@ class BufferedExporter(MetricExporter, Generic[Item]):
 
     def _discard(self, count: int) -> None:
         with self._lock:
-            for _ in range(min(count, len(self._buffer))):
-                _, size = self._buffer.popleft()
-                self.stats.buffered -= 1
-                self.stats.buffered_bytes -= size
+            self._pop_oldest(count)
+            spool = self._spool
+            if spool is not None and spool.needs_compaction():
+                try:
+                    spool.compact([item for item, _, spool_size in self._buffer if spool_size])
+                except Exception as exc:
+                    self._log.log(
+                        logging.ERROR,
+                        "spool-write",
+                        "%s: could not compact the spool in %s (%r)",
+                        self.name,
+                        spool.directory,
+                        exc,
+                    )
 
     def _drain(self, deadline: float | None = None) -> None:
         """Sends batches until the buffer is empty or a retry must wait past
-        ``deadline`` (shutdown) or is interrupted by shutdown."""
+        ``deadline`` (shutdown) or is interrupted by shutdown.
+
+        A batch refused for what some of its items hold (INVALID) is split in
+        halves, like a 413, until the refused items are alone; only those are
+        dropped, counted and logged with one example.
+        """
         attempt = 0
         limit = self.max_batch_items
+        narrowing = 0  # items of a refused batch still to send in smaller batches
         while True:
-            batch = self._take(limit)
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            batch = self._take(min(limit, narrowing) if narrowing else limit)
             if not batch:
                 break
             try:
@@ -421,19 +675,41 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             except Exception as exc:  # a bug in a hook: drop the batch, keep the thread
                 self.logger.exception("%s: unexpected error while sending", self.name)
                 outcome = Outcome(Status.REJECTED, f"unexpected error: {exc!r}")
-            if outcome.status is Status.DELIVERED:
+            status = outcome.status
+            if status is Status.DELIVERED:
                 self._discard(len(batch))
                 self.stats.exported += len(batch)
-                attempt, limit = 0, self.max_batch_items
-            elif outcome.status is Status.TOO_LARGE and len(batch) > 1:
+                attempt = 0
+                narrowing = max(0, narrowing - len(batch))
+                if not narrowing:
+                    limit = self.max_batch_items
+            elif status in (Status.TOO_LARGE, Status.INVALID) and len(batch) > 1:
                 limit = max(1, len(batch) // 2)
-            elif outcome.status in (Status.REJECTED, Status.TOO_LARGE, Status.INVALID):
+                if status is Status.INVALID:
+                    narrowing = max(narrowing, len(batch))
+            elif status is Status.INVALID:
+                self._discard(1)
+                self.stats.dropped_rejected += 1
+                narrowing = max(0, narrowing - 1)
+                if not narrowing:
+                    limit = self.max_batch_items
+                self._log.log(
+                    logging.ERROR,
+                    "invalid",
+                    "%s: the backend refused an item, which is dropped: %s; the item: %s",
+                    self.name,
+                    outcome.message,
+                    self._mask_example(batch[0]),
+                )
+                attempt = 0
+            elif status in (Status.REJECTED, Status.TOO_LARGE):
                 self._discard(len(batch))
                 self.stats.exported += outcome.delivered
                 self.stats.dropped_rejected += len(batch) - outcome.delivered
+                narrowing = max(0, narrowing - len(batch))
                 self._log.log(
                     logging.ERROR,
-                    "rejected:" + outcome.message[:80],
+                    "rejected",
                     "%s: dropped %d items the backend rejected: %s",
                     self.name,
                     len(batch) - outcome.delivered,
@@ -466,16 +742,25 @@ class BufferedExporter(MetricExporter, Generic[Item]):
 
 
 def _after_fork_in_child() -> None:
+    for log in list(_RATE_LIMITED_LOGS):
+        log._after_fork_in_child()
     for exporter in list(_LIVE_EXPORTERS):
         exporter._after_fork_in_child()
 
 
-def _shutdown_all() -> None:
+def shutdown_all(deadline_millis: float | None = None) -> None:
+    """Shuts every exporter down within the exit budget; an error for one
+    never skips the next."""
     for exporter in list(_LIVE_EXPORTERS):
-        exporter.shutdown(timeout_millis=5_000)
+        try:
+            exporter.shutdown(
+                timeout_millis=exit_millis_left() if deadline_millis is None else deadline_millis
+            )
+        except Exception:
+            LOGGER.exception("%s: shutdown at exit failed", exporter.name)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 # Registered at import, before the recorder's hook: atexit runs hooks in
 # reverse order, so the recorder hands over its last records first.
-atexit.register(_shutdown_all)
+atexit.register(shutdown_all)

@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import os
+import socketserver
+import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
@@ -41,14 +45,18 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.util.types import Attributes
 
-from ._delivery import LOGGER, RateLimitedLog
-from ._names import SCOPE_NAME
+from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
+from ._names import ATTR_REQUEST_ID, SCOPE_NAME
 from ._trace import SpanIds
 
 if TYPE_CHECKING:
     from ._chest import Chest
 
 VERSION = "0.1.0"
+
+#: The collector hands over what it built after about this much work, then
+#: yields the GIL, so that request threads wait at most about that long.
+SLICE_SECONDS = 0.001
 
 #: (sink, instrument name, value, attributes, time_unix_nano, span IDs or None).
 #: ``value`` is a bool, int or float (a text travels in the attribute
@@ -164,7 +172,10 @@ class Recorder:
 
     @property
     def interval(self) -> float:
-        intervals = [chest.export_interval for chest in list(self._chests)]
+        intervals = [
+            getattr(chest, "collect_interval", chest.export_interval)
+            for chest in list(self._chests)
+        ]
         return min(intervals, default=5.0)
 
     def _ensure_thread(self) -> None:
@@ -186,7 +197,13 @@ class Recorder:
                 LOGGER.exception("flask_chest_otel: collecting measurements failed")
 
     def collect(self) -> None:
-        """Hands every waiting measurement to its chests' exporters (no I/O)."""
+        """Hands every waiting measurement to its chests' exporters (no I/O
+        here; a spooling exporter writes its file).
+
+        Works in slices of about ``SLICE_SECONDS``: after each, what is built
+        goes to the chests (so their encoding is sliced too) and the GIL is
+        yielded. A slice ends between two requests, never inside one.
+        """
         with self._collect_lock:
             pending = self._pending
             count = len(pending)
@@ -194,7 +211,9 @@ class Recorder:
                 return
             per_chest: dict[Chest, dict[str, list[NumberDataPoint]]] = {}
             pop = pending.popleft
-            for _ in range(count):
+            clock = time.perf_counter
+            slice_end = clock() + SLICE_SECONDS
+            for left in range(count - 1, -1, -1):
                 try:
                     record = pop()
                 except IndexError:  # _drop_oldest took some meanwhile (and counted them)
@@ -208,8 +227,19 @@ class Recorder:
                 point = NumberDataPoint(attributes, 0, time_unix_nano, value, exemplars)
                 for chest in sink.chests:
                     per_chest.setdefault(chest, {}).setdefault(name, []).append(point)
-            for chest, by_name in per_chest.items():
+                if left and clock() > slice_end and _request_ends(record, pending):
+                    self._hand_over(per_chest)
+                    per_chest = {}
+                    time.sleep(0)
+                    slice_end = clock() + SLICE_SECONDS
+            self._hand_over(per_chest)
+
+    def _hand_over(self, per_chest: dict[Chest, dict[str, list[NumberDataPoint]]]) -> None:
+        for chest, by_name in per_chest.items():
+            try:
                 chest._receive(self._metrics_data(by_name))
+            except Exception:  # one chest's failure never skips the next
+                LOGGER.exception("%s: handing over measurements failed", chest.name)
 
     def _metrics_data(self, by_name: dict[str, list[NumberDataPoint]]) -> MetricsData:
         metrics = [
@@ -235,13 +265,71 @@ class Recorder:
         self._init_state()
         if len(self._chests):
             self._ensure_thread()
+        _deliver_before_forking_server_exit()
 
     def _at_exit(self) -> None:
-        self.collect()
+        """Hands over the last measurements and shuts every chest down, all
+        within the one exit budget (``FLASK_CHEST_EXIT_TIMEOUT``)."""
+        try:
+            self.collect()
+        except Exception:
+            LOGGER.exception("flask_chest_otel: collecting measurements at exit failed")
         for chest in list(self._chests):
-            chest.shutdown(timeout_millis=5_000)
+            try:
+                chest.shutdown(timeout_millis=exit_millis_left())
+            except Exception:  # an error for one chest never skips the next
+                LOGGER.exception("%s: shutdown at exit failed", chest.name)
+
+
+def _request_ends(record: Record, pending: deque[Record]) -> bool:
+    """Whether the next queued record belongs to another request."""
+    try:
+        following = pending[0]
+    except IndexError:
+        return True
+    request_id = (record[3] or {}).get(ATTR_REQUEST_ID)
+    return request_id is None or (following[3] or {}).get(ATTR_REQUEST_ID) != request_id
+
+
+def deliver_at_exit() -> None:
+    """What the interpreter's exit runs: every chest, then every other
+    exporter, within one budget. Also run where atexit is not."""
+    RECORDER._at_exit()
+    shutdown_all()
+
+
+def _in_multiprocessing_child(recorder: Recorder) -> None:
+    # A multiprocessing child ends with os._exit() after running these
+    # finalizers (atexit hooks do not run there).
+    multiprocessing.util.Finalize(None, deliver_at_exit, exitpriority=100)
+
+
+def _deliver_before_forking_server_exit() -> None:
+    """In the child of a fork-per-request server (socketserver.ForkingMixIn,
+    which ``app.run(processes=N)`` uses), deliver once the answer is sent and
+    before the child's ``os._exit``: the server's ``shutdown_request`` is the
+    last thing that child runs."""
+    code = socketserver.ForkingMixIn.process_request.__code__
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    if frame is None:
+        return
+    server = frame.f_locals.get("self")
+    if server is None:
+        return
+    shutdown_request = server.shutdown_request
+
+    def shutdown_request_then_deliver(request: object) -> None:
+        try:
+            shutdown_request(request)
+        finally:
+            deliver_at_exit()
+
+    server.shutdown_request = shutdown_request_then_deliver
 
 
 RECORDER = Recorder()
 os.register_at_fork(after_in_child=RECORDER._after_fork_in_child)
+multiprocessing.util.register_after_fork(RECORDER, _in_multiprocessing_child)
 atexit.register(RECORDER._at_exit)

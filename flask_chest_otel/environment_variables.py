@@ -56,3 +56,11 @@ INFLUXDB_V2_BUCKET = "INFLUXDB_V2_BUCKET"
 INFLUXDB_V2_TIMEOUT = "INFLUXDB_V2_TIMEOUT"
 INFLUXDB_V2_VERIFY_SSL = "INFLUXDB_V2_VERIFY_SSL"
 INFLUXDB_V2_SSL_CA_CERT = "INFLUXDB_V2_SSL_CA_CERT"
+
+FLASK_CHEST_SPOOL_DIR = "FLASK_CHEST_SPOOL_DIR"
+"""Directory of the on-disk spool of every chest that is not given ``spool_dir=``
+(one file per process and chest; see docs/reliability.md)."""
+
+FLASK_CHEST_EXIT_TIMEOUT = "FLASK_CHEST_EXIT_TIMEOUT"
+"""Seconds the interpreter's exit may wait for deliveries, all chests together
+(default 5)."""

@@ -9,8 +9,12 @@ InfluxDB, SQLite) are tested against real servers in their own modules.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,6 +27,7 @@ from flask_chest_otel._delivery import (
     DELIVERED,
     BufferedExporter,
     Outcome,
+    RateLimitedLog,
     Status,
     backoff_delay,
 )
@@ -117,12 +122,12 @@ def test_too_large_batches_are_split_until_they_pass() -> None:
     exporter.shutdown()
 
 
-def test_a_single_item_too_large_is_dropped_as_rejected() -> None:
+def test_a_single_item_too_large_is_dropped_as_rejected_and_fails_the_flush() -> None:
     exporter = ScriptedExporter(
         lambda batch: Outcome(Status.TOO_LARGE, "413") if 0 in batch else DELIVERED
     )
     exporter.put(0, 1)
-    assert exporter.force_flush(5_000)
+    assert not exporter.force_flush(5_000)
     assert exporter.delivered == [1]
     assert exporter.stats.dropped_rejected == 1
     exporter.shutdown()
@@ -131,7 +136,7 @@ def test_a_single_item_too_large_is_dropped_as_rejected() -> None:
 def test_rejected_batches_are_dropped_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     exporter = ScriptedExporter(lambda batch: Outcome(Status.REJECTED, "HTTP 400: bad line 1"))
     exporter.put(1, 2)
-    assert exporter.force_flush(5_000)
+    assert not exporter.force_flush(5_000), "a flush whose items were refused is not a success"
     assert exporter.stats.dropped_rejected == 2
     assert "HTTP 400: bad line 1" in caplog.text
     exporter.shutdown()
@@ -261,3 +266,154 @@ def test_delivery_counters_are_otel_metrics_of_the_library(
     dropped = points["flask_chest.dropped"]
     assert dropped[(("exporter", "self-observed"), ("reason", "buffer_full"))] == 0
     provider.shutdown()
+
+
+def test_a_batch_refused_for_some_items_drops_only_those_with_one_masked_example(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """INVALID (a 400 for one malformed line): the batch is split until each
+    refused item is alone; only the refused items are dropped and counted, and
+    one log line quotes an example through the exporter's masking hook."""
+
+    class Masking(ScriptedExporter):
+        def _mask_example(self, item: int) -> str:
+            return f"<item {item} token=***>"
+
+    bad = {13, 57, 58}
+    exporter = Masking(
+        lambda batch: Outcome(Status.INVALID, "HTTP 400: unable to parse")
+        if bad & set(batch)
+        else DELIVERED
+    )
+    exporter.put(*range(100))
+    assert not exporter.force_flush(5_000)
+    assert sorted(exporter.delivered) == sorted(set(range(100)) - bad)
+    assert exporter.stats.dropped_rejected == 3
+    assert exporter.stats.exported == 97
+    refused = [r for r in caplog.records if "refused an item" in r.getMessage()]
+    assert len(refused) == 1
+    assert "<item 13 token=***>" in refused[0].getMessage()
+    assert "HTTP 400: unable to parse" in refused[0].getMessage()
+    exporter.shutdown()
+
+
+def test_three_thousand_refused_sends_log_at_most_twenty_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Log keys are kinds of problem, not messages: 3,000 rejections with
+    3,000 different server messages make at most 20 log lines."""
+    messages = iter(f"HTTP 400: bad line {n}" for n in range(10_000))
+    exporter = ScriptedExporter(lambda batch: Outcome(Status.REJECTED, next(messages)))
+    for number in range(3_000):
+        exporter.put(number)
+        assert not exporter.force_flush(5_000)
+    assert exporter.stats.dropped_rejected == 3_000
+    lines = [r for r in caplog.records if r.name == "flask_chest_otel"]
+    assert 1 <= len(lines) <= 20
+    assert len(exporter._log._last) <= 256
+    exporter.shutdown()
+
+
+def test_the_rate_limited_log_table_is_bounded() -> None:
+    """Even a caller that puts an occurrence in the key cannot grow the table."""
+    log = RateLimitedLog(logging.getLogger("flask_chest_otel.test_bound"), max_keys=256)
+    for number in range(5_000):
+        log.log(logging.DEBUG, f"request:{number}", "message %d", number)
+    assert len(log._last) == 256
+    assert "request:4999" in log._last and "request:0" not in log._last
+
+
+def test_force_flush_is_false_when_the_backend_refuses_and_true_after() -> None:
+    verdicts = iter([Outcome(Status.REJECTED, "HTTP 400")])
+    exporter = ScriptedExporter(lambda batch: next(verdicts, DELIVERED))
+    exporter.put(1)
+    assert not exporter.force_flush(5_000)
+    exporter.put(2)
+    assert exporter.force_flush(5_000)
+    exporter.shutdown()
+
+
+def test_shutdown_says_what_was_refused_and_what_was_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def verdict(batch: Sequence[int]) -> Outcome:
+        if batch[0] == 1:
+            return Outcome(Status.REJECTED, "HTTP 400")
+        return Outcome(Status.RETRY, "connection refused", retry_after=60)
+
+    exporter = ScriptedExporter(verdict, flush_interval=3600, retry_max=60, max_batch_items=1)
+    exporter.put(1, 2, 3)
+    exporter.shutdown(timeout_millis=300)
+    assert (exporter.stats.dropped_rejected, exporter.stats.dropped_shutdown) == (1, 2)
+    assert (
+        "scripted: shut down with 2 items not delivered in time, lost; "
+        "1 refused by the backend meanwhile, dropped"
+    ) in caplog.text
+
+
+def _child_exit_code(pid: int, timeout: float) -> int | None:
+    """The child's exit status, or None (after killing it) if it hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return None
+
+
+@pytest.mark.parametrize("held", ["rate-limited log", "exporter buffer", "collector"])
+def test_a_child_forked_while_another_thread_holds_a_lock_does_not_hang(held: str) -> None:
+    """Every lock the library owns is renewed in a forked child: a real
+    os.fork() while another thread holds it, and the child's first use of it
+    returns (bounded wait)."""
+    from flask_chest_otel._recorder import RECORDER
+
+    exporter = ScriptedExporter(lambda batch: DELIVERED, flush_interval=3600)
+    lock = {
+        "rate-limited log": exporter._log._lock,
+        "exporter buffer": exporter._lock,
+        "collector": RECORDER._collect_lock,
+    }[held]
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:
+            try:
+                exporter._log.log(logging.WARNING, "child", "logged in the child")
+                exporter.put(1)
+                RECORDER.collect()
+            finally:
+                os._exit(0)
+        assert _child_exit_code(pid, timeout=10) == 0
+    finally:
+        release.set()
+        holder.join()
+        exporter.shutdown()
+
+
+def test_the_exit_budget_is_read_from_the_environment_or_set_in_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask_chest_otel import _delivery
+
+    monkeypatch.setattr(_delivery, "_exit_timeout", None)
+    monkeypatch.setenv("FLASK_CHEST_EXIT_TIMEOUT", "1.5")
+    assert _delivery.exit_timeout() == 1.5
+    _delivery.set_exit_timeout(0.25)
+    assert _delivery.exit_timeout() == 0.25
+    with pytest.raises(ValueError):
+        _delivery.set_exit_timeout(-1)

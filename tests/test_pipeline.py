@@ -8,14 +8,17 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, g
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from flask_chest_otel import FlaskChestMeterProvider, FlaskChestSQLite, flask_chest
+from flask_chest_otel._chest import Chest
 from flask_chest_otel._delivery import DELTA_TEMPORALITY
 
 from .conftest import read_rows, sample_app, wait_for
@@ -321,3 +324,51 @@ def test_a_forked_child_exports_only_its_own_requests(tmp_path: Path) -> None:
     assert by_process[child] == 5
     assert sum(by_process.values()) == 15
     assert len({row["request_id"] for row in rows}) == 15
+
+
+def test_the_collector_hands_a_burst_over_in_slices_that_never_split_a_request() -> None:
+    """20,000 requests of two variables collected at once reach the chest in
+    several exports (slices of about 1 ms, the GIL yielded between them),
+    and both variables of each request are always in the same export."""
+    from opentelemetry.sdk.metrics.export import MetricsData
+
+    from flask_chest_otel._delivery import DELIVERED, BufferedExporter
+    from flask_chest_otel._recorder import RECORDER
+
+    class Exports(BufferedExporter[int]):
+        def __init__(self) -> None:
+            super().__init__(name="slices")
+            self.exports: list[list[str]] = []
+
+        def _encode(self, metrics_data: MetricsData) -> list[int]:
+            self.exports.append(
+                [
+                    str((point.attributes or {})["request_id"])
+                    for resource in metrics_data.resource_metrics
+                    for scope in resource.scope_metrics
+                    for metric in scope.metrics
+                    for point in metric.data.data_points
+                ]
+            )
+            return []
+
+        def _send(self, batch: Any) -> Any:
+            return DELIVERED
+
+    exporter = Exports()
+    chest = Chest("slices", exporter, export_interval=3600)
+    sink = RECORDER.sink([chest])
+    try:
+        with RECORDER._collect_lock:  # hold the collector off while the burst queues
+            for number in range(20_000):
+                attributes = {"request_id": f"r{number}"}
+                RECORDER.record_many(
+                    [(sink, "a", 1, attributes, 1, None), (sink, "b", 2, attributes, 1, None)]
+                )
+        RECORDER.collect()
+        assert len(exporter.exports) > 1
+        seen = [request_id for export in exporter.exports for request_id in set(export)]
+        assert len(seen) == len(set(seen)) == 20_000, "no request split across two exports"
+        assert all(Counter(export) == dict.fromkeys(set(export), 2) for export in exporter.exports)
+    finally:
+        chest.shutdown(timeout_millis=1_000)
