@@ -30,7 +30,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	./scripts/ensure-servers.sh
-	$(PY) -m ruff check flask_chest_otel tests benchmarks deploy
+	$(PY) -m ruff check flask_chest_otel tests benchmarks deploy scripts
 	$(PY) -m mypy
 	$(PY) -m pytest
 	$(MAKE) test-pythons
@@ -50,6 +50,9 @@ test-pythons: $(foreach version,$(OTHER_PYTHONS),.venv-$(version)/.installed)
 
 bench: $(VENV)/.installed
 	./scripts/ensure-servers.sh --bench
+	# flask-chest 0.0.10, the peer measured under load: --no-deps, as it pins
+	# Flask 3.0.0, influxdb-client 1.39.0 and requests 2.31.0.
+	$(PY) -m pip install -q --no-deps flask-chest==0.0.10
 	$(PY) benchmarks/run.py
 
 docs: $(VENV)/.installed

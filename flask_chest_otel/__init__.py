@@ -4,7 +4,7 @@ measurements, exported to InfluxDB, HTTP endpoints (SignalFx) and SQLite."""
 from __future__ import annotations
 
 from ._chest import Chest
-from ._delivery import DELTA_TEMPORALITY, BufferedExporter, DeliveryStats
+from ._delivery import DELTA_TEMPORALITY, BufferedExporter, DeliveryStats, set_exit_timeout
 from ._recorder import VERSION as __version__
 from ._self_metrics import register_self_metrics
 from .decorator import flask_chest, trace_id_request_id
@@ -37,5 +37,6 @@ __all__ = [
     "flask_chest",
     "flask_chest_exempt",
     "register_self_metrics",
+    "set_exit_timeout",
     "trace_id_request_id",
 ]

@@ -27,9 +27,6 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from opentelemetry.context import Context
-from opentelemetry.metrics import NoOpMeter
-from opentelemetry.metrics import _Gauge as Gauge
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
     Gauge as GaugeData,
@@ -64,44 +61,15 @@ SLICE_SECONDS = 0.001
 Record = tuple["Sink", str, int | float, Attributes, int, "SpanIds | None"]
 
 
-class ChestGauge(Gauge):
-    """A synchronous OTel Gauge whose every ``set`` is kept, with its time."""
+class Sink:
+    """What one ``@flask_chest`` use records into: its measurements go to
+    exactly the chests that decorator named."""
 
-    def __init__(self, sink: Sink, name: str, unit: str = "", description: str = "") -> None:
-        # The API's Instrument.__init__ is abstract; keep its attributes here.
-        self.name = name
-        self.unit = unit
-        self.description = description
-        self._sink = sink
-        self._recorder = sink.recorder
-
-    def set(
-        self,
-        amount: int | float,
-        attributes: Attributes = None,
-        context: Context | None = None,
-    ) -> None:
-        self._recorder.record(self._sink, self.name, amount, attributes, time.time_ns())
-
-
-
-class Sink(NoOpMeter):
-    """The meter of one ``@flask_chest`` use: its instruments route their
-    measurements to exactly the chests that decorator named."""
+    __slots__ = ("chests", "recorder")
 
     def __init__(self, recorder: Recorder, chests: Sequence[Chest]) -> None:
-        super().__init__(SCOPE_NAME, version=VERSION)
         self.recorder = recorder
         self.chests = tuple(chests)
-        self._gauges: dict[str, ChestGauge] = {}
-
-    def create_gauge(
-        self, name: str, unit: str = "", description: str = ""
-    ) -> ChestGauge:
-        gauge = self._gauges.get(name)
-        if gauge is None:
-            gauge = self._gauges.setdefault(name, ChestGauge(self, name, unit, description))
-        return gauge
 
 
 class Recorder:
@@ -136,11 +104,6 @@ class Recorder:
         self._ensure_thread()
         self._wake.set()  # the collector re-reads the shortest interval
         return Sink(self, chests)
-
-    def record(
-        self, sink: Sink, name: str, value: float, attributes: Attributes, time_unix_nano: int
-    ) -> None:
-        self.record_many([(sink, name, value, attributes, time_unix_nano, None)])
 
     def record_many(self, records: list[Record]) -> None:
         """Queues the measurements of one request. ``deque.extend`` of a list

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from . import _delivery
+from . import _delivery, _values
 from ._recorder import RECORDER, VERSION
 
 METER_NAME = "flask_chest_otel.self"
@@ -51,6 +51,10 @@ def _buffered_bytes(options: CallbackOptions) -> Iterable[Observation]:
     return [Observation(e.stats.buffered_bytes, {"exporter": e.name}) for e in _exporters()]
 
 
+def _conversion_errors(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(_values.conversion_errors())]
+
+
 def register_self_metrics(meter_provider: MeterProvider | None = None) -> None:
     """Creates the library's delivery metrics on ``meter_provider`` (the
     global one when None):
@@ -59,7 +63,9 @@ def register_self_metrics(meter_provider: MeterProvider | None = None) -> None:
     - ``flask_chest.retried`` (counter): items sent again after a retryable error;
     - ``flask_chest.dropped`` (counter): items lost, per exporter and reason
       (buffer_full, rejected, shutdown, encoding; queue_full for the recorder);
-    - ``flask_chest.buffer.items`` / ``flask_chest.buffer.bytes`` (gauges).
+    - ``flask_chest.buffer.items`` / ``flask_chest.buffer.bytes`` (gauges);
+    - ``flask_chest.conversion_errors`` (counter): ``g`` values whose
+      conversion raised, recorded as text instead (see docs/recording.md).
     """
     provider = meter_provider or metrics.get_meter_provider()
     meter = provider.get_meter(METER_NAME, VERSION)
@@ -77,4 +83,10 @@ def register_self_metrics(meter_provider: MeterProvider | None = None) -> None:
     )
     meter.create_observable_gauge(
         "flask_chest.buffer.bytes", [_buffered_bytes], unit="By", description="Bytes buffered"
+    )
+    meter.create_observable_counter(
+        "flask_chest.conversion_errors",
+        [_conversion_errors],
+        unit="{value}",
+        description="Values whose conversion raised, recorded as text",
     )

@@ -31,6 +31,7 @@ and read ``chest.measurements``. ``capture_measurements()`` captures, inside a
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -143,6 +144,11 @@ class InMemoryMetricExporter(BufferedExporter[CapturedMeasurement]):
         self._received: list[CapturedMeasurement] = []
         self._received_lock = threading.Lock()
 
+    def _after_fork_in_child(self) -> None:
+        # A lock held by another thread at fork would never be released here.
+        super()._after_fork_in_child()
+        self._received_lock = threading.Lock()
+
     def _encode(self, metrics_data: MetricsData) -> list[CapturedMeasurement]:
         captured = []
         for resource_metrics in metrics_data.resource_metrics:
@@ -202,6 +208,14 @@ class RecordingChest(Chest):
 
 _captures: list[list[CapturedMeasurement]] = []
 _captures_lock = threading.Lock()
+
+
+def _renew_captures_lock() -> None:
+    global _captures_lock
+    _captures_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_captures_lock)
 #: What ``RECORDER.record_many`` was on the instance before the first capture.
 _shadowed: list[Any] = []
 

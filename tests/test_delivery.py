@@ -32,7 +32,7 @@ from flask_chest_otel._delivery import (
     backoff_delay,
 )
 
-from .conftest import sample_app
+from .conftest import read_rows, sample_app
 
 
 class ScriptedExporter(BufferedExporter[int]):
@@ -265,6 +265,54 @@ def test_delivery_counters_are_otel_metrics_of_the_library(
     assert points["flask_chest.buffer.items"][(("exporter", "self-observed"),)] == 0
     dropped = points["flask_chest.dropped"]
     assert dropped[(("exporter", "self-observed"), ("reason", "buffer_full"))] == 0
+    provider.shutdown()
+
+
+def test_a_value_whose_conversion_raises_is_counted_in_the_library_metrics(
+    make_sqlite_chest: Callable[..., Any],
+) -> None:
+    """A ``g`` value whose ``__float__`` raises is recorded as text and shows in
+    ``flask_chest.conversion_errors``; the request's other variable is kept."""
+    from flask import Flask, g
+
+    from flask_chest_otel import flask_chest
+
+    class Broken:
+        def __float__(self) -> float:
+            raise RuntimeError("no number here")
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    register_self_metrics(provider)
+
+    def errors() -> int:
+        data = reader.get_metrics_data()
+        assert data is not None
+        return sum(
+            point.value
+            for scope in data.resource_metrics[0].scope_metrics
+            for metric in scope.metrics
+            if metric.name == "flask_chest.conversion_errors"
+            for point in metric.data.data_points
+        )
+
+    before = errors()
+    chest = make_sqlite_chest(name="conversion")
+    app = Flask(__name__)
+
+    @app.route("/")
+    @flask_chest(chests=[chest], tracked_vars={"GET": ["broken", "fine"]})
+    def index() -> str:
+        g.broken = Broken()
+        g.fine = 2
+        return "ok"
+
+    app.test_client().get("/")
+    assert chest.force_flush()
+    assert errors() == before + 1
+    rows = read_rows(chest.db_uri)
+    assert [row["name"] for row in rows] == ["broken", "fine"]
+    assert "no number here" in str(rows[0]["value"])
     provider.shutdown()
 
 

@@ -434,7 +434,8 @@ def test_other_statuses_are_logged_with_status_body_and_chest_name_then_dropped(
 ) -> None:
     sink.default = Reply(status, b"bad token " + b"x" * 1000, headers)
     exporter = make_exporter(success_status_codes=[200, 201])
-    assert deliver(exporter, recorded(("req-7", [("transaction", 1)])))
+    # A refused item makes the flush report failure (issue 12 item 3).
+    assert not deliver(exporter, recorded(("req-7", [("transaction", 1)])))
     assert [post.path for post in sink.requests] == ["/ingest"]  # no redirect followed
     assert exporter.stats.exported == 0
     assert exporter.stats.dropped_rejected == 1
