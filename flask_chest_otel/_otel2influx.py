@@ -371,6 +371,16 @@ def _number(name: str, point: NumberDataPoint, on_refused: RefusalHook) -> int |
 # -- the two schemas -----------------------------------------------------------
 
 
+def _accepted(name: str, points: Sequence[Any], on_refused: RefusalHook) -> Iterator[Any]:
+    """The points otel2influx would write; each refused one is reported."""
+    for point in points:
+        reason = _refusal(point)
+        if reason is None:
+            yield point
+        else:
+            on_refused(name, reason)
+
+
 def metric_rows(
     metric: Metric, base_tags: Mapping[str, str], on_refused: RefusalHook = log_refusal
 ) -> Iterator[Row]:
@@ -388,11 +398,7 @@ def metric_rows(
             and data.aggregation_temporality is AggregationTemporality.CUMULATIVE
             else "gauge"
         )
-        for point in data.data_points:
-            reason = _refusal(point)
-            if reason is not None:
-                on_refused(name, reason)
-                continue
+        for point in _accepted(name, data.data_points, on_refused):
             value = _number(name, point, on_refused)
             if value is None:
                 continue
@@ -401,11 +407,7 @@ def metric_rows(
             if point.exemplars:
                 yield from exemplar_rows(name, point, on_refused)
     elif isinstance(data, (Histogram, ExponentialHistogram)):
-        for hpoint in data.data_points:
-            reason = _refusal(hpoint)
-            if reason is not None:
-                on_refused(name, reason)
-                continue
+        for hpoint in _accepted(name, data.data_points, on_refused):
             fields = dict(_histogram_summary(hpoint))
             if isinstance(hpoint, HistogramDataPoint):
                 fields.update(histogram_buckets(hpoint))
@@ -435,11 +437,7 @@ def metric_rows_v2(
     name = metric.name
     fields: dict[str, FieldValue]
     if isinstance(data, (Gauge, Sum)):
-        for point in data.data_points:
-            reason = _refusal(point)
-            if reason is not None:
-                on_refused(name, reason)
-                continue
+        for point in _accepted(name, data.data_points, on_refused):
             value = _number(name, point, on_refused)
             if value is None:
                 continue
@@ -449,11 +447,7 @@ def metric_rows_v2(
             if point.exemplars:
                 yield from exemplar_rows(name, point, on_refused)
     elif isinstance(data, (Histogram, ExponentialHistogram)):
-        for hpoint in data.data_points:
-            reason = _refusal(hpoint)
-            if reason is not None:
-                on_refused(name, reason)
-                continue
+        for hpoint in _accepted(name, data.data_points, on_refused):
             tags = _point_tags(base_tags, hpoint.attributes)
             summary = {f"{name}_{key}": value for key, value in _histogram_summary(hpoint).items()}
             yield Row("prometheus", tags, _start(dict(summary), hpoint.start_time_unix_nano),

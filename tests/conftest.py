@@ -17,6 +17,8 @@ from hypothesis import settings
 from flask_chest_otel import FlaskChestSQLite, flask_chest
 from flask_chest_otel._chest import Chest
 
+from .servers import InfluxDB1, VictoriaMetrics, influxdb1, victoria_metrics
+
 # CI explores the same examples on every run and never replays a failure
 # saved by an earlier run: its result depends on the commit alone. Locally
 # (no CI variable) Hypothesis picks new examples each run.
@@ -104,3 +106,49 @@ def sample_app(chests: list[Any], **decorator_options: Any) -> Flask:
         return "Hello, World!"
 
     return app
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    """A real VictoriaMetrics for the module (InfluxDB v2 write API)."""
+    with victoria_metrics(tmp_path_factory.mktemp("vm")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    """A real InfluxDB 1.6 for the module (the real line-protocol parser)."""
+    with influxdb1(tmp_path_factory.mktemp("influxd")) as server:
+        yield server
+
+
+@pytest.fixture
+def chests() -> Iterator[list[Chest]]:
+    """Chests a test makes; each is shut down after it."""
+    made: list[Chest] = []
+    yield made
+    for chest in made:
+        chest.shutdown(timeout_millis=2_000)
+
+
+def app_recording(chest: Chest, requests: list[tuple[str, dict[str, Any]]]) -> None:
+    """Serves one GET per (request ID, {g variable: value}) through @flask_chest."""
+    names = list(dict.fromkeys(name for _, variables in requests for name in variables))
+    ids = iter([request_id for request_id, _ in requests])
+    app = Flask(__name__)
+    current: dict[str, Any] = {}
+
+    @app.route("/")
+    @flask_chest(
+        chests=[chest], tracked_vars={"GET": names}, request_id_generator=lambda: next(ids)
+    )
+    def index() -> str:
+        for name, value in current.items():
+            setattr(g, name, value)
+        return "ok"
+
+    client = app.test_client()
+    for _, variables in requests:
+        current.clear()
+        current.update(variables)
+        assert client.get("/").status_code == 200

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -20,15 +19,9 @@ from flask_chest_otel.autoconfig import (
 )
 from flask_chest_otel.http_payload import json_payload
 
-from .servers import VictoriaMetrics, victoria_metrics
+from .servers import VictoriaMetrics
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
-    with victoria_metrics(tmp_path_factory.mktemp("vm")) as server:
-        yield server
 
 
 def test_influxdb_settings_read_the_otel_variables() -> None:

@@ -17,7 +17,7 @@ import gc
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from flask import Flask, g
 from flask_chest_otel import FlaskChestCustomWriter, FlaskChestInfluxDB, flask_chest
 from flask_chest_otel._chest import Chest
 
+from .conftest import app_recording
 from .http_sink import HTTPSink
-from .servers import InfluxDB1, VictoriaMetrics, free_port, influxdb1, victoria_metrics
+from .servers import InfluxDB1, VictoriaMetrics, free_port
 
 SECRET = "s3cr3t-T0KEN"
 
@@ -50,49 +51,6 @@ NASTY = [
 #: What InfluxDB and VictoriaMetrics store for text that line protocol
 #: cannot carry raw: control characters become their two-character escape.
 CONTROL = {"new\nline": "new\\nline", "tab\there": "tab\\there", "cr\rx": "cr\\rx"}
-
-
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
-    with victoria_metrics(tmp_path_factory.mktemp("vm-bad-input")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
-    with influxdb1(tmp_path_factory.mktemp("influxd-bad-input")) as server:
-        yield server
-
-
-@pytest.fixture
-def chests() -> Iterator[list[Chest]]:
-    made: list[Chest] = []
-    yield made
-    for chest in made:
-        chest.shutdown(timeout_millis=2_000)
-
-
-def app_recording(chest: Chest, requests: list[tuple[str, dict[str, Any]]]) -> None:
-    """Serves one GET per (request ID, {g variable: value}) through @flask_chest."""
-    names = list(dict.fromkeys(name for _, variables in requests for name in variables))
-    ids = iter([request_id for request_id, _ in requests])
-    app = Flask(__name__)
-    current: dict[str, Any] = {}
-
-    @app.route("/")
-    @flask_chest(
-        chests=[chest], tracked_vars={"GET": names}, request_id_generator=lambda: next(ids)
-    )
-    def index() -> str:
-        for name, value in current.items():
-            setattr(g, name, value)
-        return "ok"
-
-    client = app.test_client()
-    for _, variables in requests:
-        current.clear()
-        current.update(variables)
-        assert client.get("/").status_code == 200
 
 
 def nasty_requests() -> tuple[list[tuple[str, dict[str, Any]]], dict[str, tuple[str, float]]]:

@@ -15,14 +15,13 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask, g
+from flask import Flask
 from influxdb_client import Point
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
@@ -36,7 +35,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from flask_chest_otel import FlaskChestInfluxDB, FlaskChestSQLite, flask_chest
+from flask_chest_otel import FlaskChestInfluxDB, FlaskChestSQLite
 from flask_chest_otel._chest import Chest
 from flask_chest_otel._delivery import Status
 from flask_chest_otel._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SCOPE_NAME
@@ -44,53 +43,11 @@ from flask_chest_otel._values import MAX_TEXT, coerce, conversion_errors
 from flask_chest_otel.influxdb import InfluxDBMetricExporter
 from flask_chest_otel.sqlite import SQLiteMetricExporter
 
-from .servers import InfluxDB1, InfluxDB2WriteDouble, VictoriaMetrics, influxdb1, victoria_metrics
+from .conftest import app_recording
+from .servers import InfluxDB1, InfluxDB2WriteDouble, VictoriaMetrics
 
 TOKEN = "t0ken-for-tests"
 _ids = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
-    with influxdb1(tmp_path_factory.mktemp("influxd-data")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
-    with victoria_metrics(tmp_path_factory.mktemp("vm-data")) as server:
-        yield server
-
-
-@pytest.fixture
-def chests() -> Iterator[list[Chest]]:
-    made: list[Chest] = []
-    yield made
-    for chest in made:
-        chest.shutdown(timeout_millis=2_000)
-
-
-def serve(chest: Chest, requests: list[tuple[str, dict[str, Any]]]) -> None:
-    """One GET per (request ID, {g variable: value}) through @flask_chest."""
-    names = list(dict.fromkeys(name for _, variables in requests for name in variables))
-    ids = iter([request_id for request_id, _ in requests])
-    app = Flask(__name__)
-    current: dict[str, Any] = {}
-
-    @app.route("/")
-    @flask_chest(
-        chests=[chest], tracked_vars={"GET": names}, request_id_generator=lambda: next(ids)
-    )
-    def index() -> str:
-        for name, value in current.items():
-            setattr(g, name, value)
-        return "ok"
-
-    client = app.test_client()
-    for _, variables in requests:
-        current.clear()
-        current.update(variables)
-        assert client.get("/").status_code == 200
 
 
 def database(server: InfluxDB1) -> str:
@@ -232,7 +189,7 @@ def test_a_conversion_that_raises_costs_that_value_only(
     chest = FlaskChestSQLite(db_uri=str(tmp_path / "x.sqlite3"))
     chests.append(chest)
     before = conversion_errors()
-    serve(chest, [("r1", {"a": 1, "bad": Exploding(), "c": "x"})])
+    app_recording(chest, [("r1", {"a": 1, "bad": Exploding(), "c": "x"})])
     assert chest.force_flush()
     assert conversion_errors() == before + 1
     rows = sqlite_rows(chest.db_uri, "SELECT name, value FROM flask_chest ORDER BY id")
@@ -260,7 +217,7 @@ def test_sqlite_stores_each_value_in_its_own_type(tmp_path: Path, chests: list[C
     chest = FlaskChestSQLite(db_uri=str(tmp_path / "types.sqlite3"))
     chests.append(chest)
     values = {"i": 1, "f": 0.5, "b": True, "s": "00321", "n": math.nan, "big": 2**62}
-    serve(chest, [("r1", values)])
+    app_recording(chest, [("r1", values)])
     assert chest.force_flush()
     rows = sqlite_rows(
         chest.db_uri,
@@ -304,7 +261,7 @@ def test_flask_chest_sqlite_file_is_migrated_in_place_old_rows_untouched(
     chests.append(chest)
     assert chest.table == "flask_chest" and chest.db_uri == path
     assert "migrated in place" in caplog.text
-    serve(chest, [("new1", {"transaction": 2, "user": "00321"})])
+    app_recording(chest, [("new1", {"transaction": 2, "user": "00321"})])
     assert chest.force_flush()
     old = sqlite_rows(path, "SELECT unique_id, request_id, name, value FROM flask_chest")
     assert old == [
@@ -341,7 +298,7 @@ def test_lone_surrogate_costs_only_its_own_text(tmp_path: Path, chests: list[Che
     requests = [(f"r{i}", {"customer": f"c{i}"}) for i in range(100)]
     requests[10] = ("r10", {"customer": "\ud800"})
     requests[20] = ("r\udcff20", {"customer": "c20"})
-    serve(chest, requests)
+    app_recording(chest, requests)
     assert chest.force_flush()
     assert chest.exporter.stats.dropped == 0
     rows = sqlite_rows(chest.db_uri, "SELECT request_id, value FROM flask_chest ORDER BY id")
@@ -386,7 +343,7 @@ def test_database_seeded_by_flask_chest_keeps_working(
     chest = FlaskChestInfluxDB(name="influx", url=influxd.url, database=db, retry_initial=0.05)
     chests.append(chest)
     values = {"transaction": 1, "ratio": 0.25, "flag": False, "user": "abc", "user_id": "00321"}
-    serve(chest, [(f"r{i}", values) for i in range(20)])
+    app_recording(chest, [(f"r{i}", values) for i in range(20)])
     assert chest.force_flush(10_000)
     assert chest.exporter.stats.exported == 100 and chest.exporter.stats.dropped == 0
     assert field_types(influxd, db) == {
@@ -412,7 +369,8 @@ def test_field_type_conflicts_heal_where_nothing_is_lost_on_influxdb_16(
     assert status == 204, body
     chest = FlaskChestInfluxDB(name="heal", url=influxd.url, database=db, retry_initial=0.05)
     chests.append(chest)
-    serve(chest, [(f"r{i}", {"as_int": 7.0, "as_float": 2, "as_text": 2.5}) for i in range(5)])
+    requests = [(f"r{i}", {"as_int": 7.0, "as_float": 2, "as_text": 2.5}) for i in range(5)]
+    app_recording(chest, requests)
     chest.force_flush(10_000)
     stats = chest.exporter.stats
     assert (stats.exported, stats.dropped_rejected) == (10, 5)
@@ -420,7 +378,7 @@ def test_field_type_conflicts_heal_where_nothing_is_lost_on_influxdb_16(
     assert sorted(p["value"] for p in stored(influxd, db, "as_float")) == [1.5, 2, 2, 2, 2, 2]
     assert [p["value"] for p in stored(influxd, db, "as_text")] == ["a"]
     # The next batch is converted before it is sent: no new conflict.
-    serve(chest, [("r9", {"as_int": 8.0})])
+    app_recording(chest, [("r9", {"as_int": 8.0})])
     chest.force_flush(10_000)
     assert (stats.exported, stats.dropped_rejected) == (11, 5)
 
@@ -528,7 +486,7 @@ def test_table_of_an_earlier_version_is_migrated_text_exact_in_value_text(
     connection.close()
     chest = FlaskChestSQLite(db_uri=path)
     chests.append(chest)
-    serve(chest, [("r1", {"user_id": "00321"})])
+    app_recording(chest, [("r1", {"user_id": "00321"})])
     assert chest.force_flush()
     assert sqlite_rows(path, "SELECT value, value_text, value_type FROM flask_chest") == [
         (321.0, "00321", "str")
