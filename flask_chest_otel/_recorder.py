@@ -23,9 +23,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import chain
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
@@ -40,7 +41,6 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.util.types import Attributes
 
 from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
 from ._names import ATTR_REQUEST_ID, SCOPE_NAME
@@ -55,21 +55,43 @@ VERSION = "0.1.0"
 #: yields the GIL, so that request threads wait at most about that long.
 SLICE_SECONDS = 0.001
 
-#: (sink, instrument name, value, attributes, time_unix_nano, span IDs or None).
+#: (sink key, instrument name, value, attributes, time_unix_nano, span IDs or
+#: None). Every part is an atomic value or a flat tuple of them (the
+#: attributes as ``(key1, value1, key2, value2, ...)``, not a dict), so the
+#: garbage collector stops tracking a record at its first pass: records that
+#: wait up to an export interval in the queue never reach the oldest
+#: generation, whose full collections pause requests (p99 under gunicorn,
+#: docs/benchmarks.md).
 #: ``value`` is a bool, int or float (a text travels in the attribute
 #: ``flask_chest.value`` with value 1); the span IDs become the point's exemplar.
-Record = tuple["Sink", str, int | float, Attributes, int, "SpanIds | None"]
+FlatAttributes = tuple[Any, ...]
+Record = tuple[int, str, int | float, FlatAttributes, int, "SpanIds | None"]
+
+
+def flat_attributes(attributes: Mapping[str, Any]) -> FlatAttributes:
+    """``{k1: v1, k2: v2}`` as ``(k1, v1, k2, v2)``: see ``Record``."""
+    # Through a list: tuple() of an iterator grows the tuple, which moves it
+    # behind the record in the collector's list, so the record would be
+    # examined first, while its attributes are still tracked, and kept.
+    return tuple(list(chain.from_iterable(attributes.items())))
+
+
+def attributes_of(flat: FlatAttributes) -> dict[str, Any]:
+    """The dict ``flat_attributes`` flattened."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class Sink:
     """What one ``@flask_chest`` use records into: its measurements go to
     exactly the chests that decorator named."""
 
-    __slots__ = ("chests", "recorder")
+    __slots__ = ("chests", "key", "recorder")
 
-    def __init__(self, recorder: Recorder, chests: Sequence[Chest]) -> None:
+    def __init__(self, recorder: Recorder, chests: Sequence[Chest], key: int) -> None:
         self.recorder = recorder
         self.chests = tuple(chests)
+        #: What a record holds instead of the sink (see ``Record``).
+        self.key = key
 
 
 class Recorder:
@@ -88,6 +110,8 @@ class Recorder:
         self.scope = InstrumentationScope(SCOPE_NAME, VERSION)
         self.dropped = 0
         self._chests: weakref.WeakSet[Chest] = weakref.WeakSet()
+        #: Every sink made, indexed by its key (one per decorator use).
+        self._sinks: list[Sink] = []
         self._log = RateLimitedLog(LOGGER)
         self._init_state()
 
@@ -103,7 +127,9 @@ class Recorder:
             self._chests.add(chest)
         self._ensure_thread()
         self._wake.set()  # the collector re-reads the shortest interval
-        return Sink(self, chests)
+        sink = Sink(self, chests, len(self._sinks))
+        self._sinks.append(sink)
+        return sink
 
     def record_many(self, records: list[Record]) -> None:
         """Queues the measurements of one request. ``deque.extend`` of a list
@@ -174,6 +200,7 @@ class Recorder:
                 return
             per_chest: dict[Chest, dict[str, list[NumberDataPoint]]] = {}
             pop = pending.popleft
+            sinks = self._sinks
             clock = time.perf_counter
             slice_end = clock() + SLICE_SECONDS
             for left in range(count - 1, -1, -1):
@@ -181,14 +208,16 @@ class Recorder:
                     record = pop()
                 except IndexError:  # _drop_oldest took some meanwhile (and counted them)
                     break
-                sink, name, value, attributes, time_unix_nano, span_ids = record
+                key, name, value, attributes, time_unix_nano, span_ids = record
                 exemplars = (
                     [Exemplar({}, value, time_unix_nano, span_ids[1], span_ids[0])]
                     if span_ids is not None
                     else []
                 )
-                point = NumberDataPoint(attributes, 0, time_unix_nano, value, exemplars)
-                for chest in sink.chests:
+                point = NumberDataPoint(
+                    attributes_of(attributes), 0, time_unix_nano, value, exemplars
+                )
+                for chest in sinks[key].chests:
                     per_chest.setdefault(chest, {}).setdefault(name, []).append(point)
                 if left and clock() > slice_end and _request_ends(record, pending):
                     self._hand_over(per_chest)
@@ -250,8 +279,8 @@ def _request_ends(record: Record, pending: deque[Record]) -> bool:
         following = pending[0]
     except IndexError:
         return True
-    request_id = (record[3] or {}).get(ATTR_REQUEST_ID)
-    return request_id is None or (following[3] or {}).get(ATTR_REQUEST_ID) != request_id
+    request_id = attributes_of(record[3]).get(ATTR_REQUEST_ID)
+    return request_id is None or attributes_of(following[3]).get(ATTR_REQUEST_ID) != request_id
 
 
 def deliver_at_exit() -> None:

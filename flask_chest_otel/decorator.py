@@ -25,7 +25,7 @@ from ._names import (
     ATTR_STRING_VALUE,
     ATTR_TIME,
 )
-from ._recorder import RECORDER, Record
+from ._recorder import RECORDER, Record, flat_attributes
 from ._trace import current_span_ids
 from ._values import coerce
 from .meter import CURRENT_GROUP, ChestGauge, Measurement
@@ -214,30 +214,39 @@ class _Recording:
         measurements = group[made_in_view:] + group[:made_in_view] if made_in_view else group
         now = time.time_ns()
         span_ids = current_span_ids()
-        sink = self.sink
+        sink_key = None if self.sink is None else self.sink.key
+        providers = self.providers
+        # The common case (no attributes of the view's own, no provider)
+        # builds the record's flat attributes without a dict per variable.
+        base = flat_attributes(attributes)
         batch: list[Record] = []
         for name, raw, own_attributes in measurements:
             value = coerce(raw)
             if value is None:
                 continue
-            if own_attributes:
+            text = None
+            if isinstance(value, str):
+                text, value = value, 1
+            if own_attributes or providers:
                 point_attributes: dict[str, Any] = {
-                    **own_attributes,
+                    **(own_attributes or {}),
                     **attributes,
                     ATTR_INDEX: len(batch),
                 }
+                if text is not None:
+                    point_attributes[ATTR_STRING_VALUE] = text
+                flat = flat_attributes(point_attributes)
+                if providers:
+                    del point_attributes[ATTR_INDEX]
+                    point_attributes[ATTR_TIME] = now
+                    for provider in providers:
+                        provider.gauge(name).set(value, point_attributes)
+            elif text is None:
+                flat = (*base, ATTR_INDEX, len(batch))
             else:
-                point_attributes = {**attributes, ATTR_INDEX: len(batch)}
-            if isinstance(value, str):
-                point_attributes[ATTR_STRING_VALUE] = value
-                value = 1
-            if sink is not None:
-                batch.append((sink, name, value, point_attributes, now, span_ids))
-            if self.providers:
-                del point_attributes[ATTR_INDEX]
-                point_attributes[ATTR_TIME] = now
-                for provider in self.providers:
-                    provider.gauge(name).set(value, point_attributes)
+                flat = (*base, ATTR_INDEX, len(batch), ATTR_STRING_VALUE, text)
+            if sink_key is not None:
+                batch.append((sink_key, name, value, flat, now, span_ids))
         if batch:
             # One append for the whole request: a collection never splits it.
             RECORDER.record_many(batch)

@@ -52,7 +52,7 @@ from ._names import (
     ATTR_TIME,
     SCOPE_NAME,
 )
-from ._recorder import RECORDER, Record, Recorder
+from ._recorder import RECORDER, Record, Recorder, attributes_of
 from ._trace import point_trace
 
 __all__ = [
@@ -226,7 +226,7 @@ def _tap(recorder: Recorder, records: list[Record]) -> None:
         CapturedMeasurement.from_point(
             name,
             value,
-            attributes,
+            attributes_of(attributes),
             time_unix_nano,
             (format(span_ids[0], "032x"), format(span_ids[1], "016x")) if span_ids else None,
         )

@@ -3,6 +3,7 @@ shutdown, SQLite storage across processes, and the MeterProvider chest."""
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from flask_chest_otel import FlaskChestMeterProvider, FlaskChestSQLite, flask_chest
 from flask_chest_otel._chest import Chest
 from flask_chest_otel._delivery import DELTA_TEMPORALITY
+from flask_chest_otel._recorder import RECORDER
 
 from .conftest import read_rows, sample_app, wait_for
 
@@ -361,9 +363,10 @@ def test_the_collector_hands_a_burst_over_in_slices_that_never_split_a_request()
     try:
         with RECORDER._collect_lock:  # hold the collector off while the burst queues
             for number in range(20_000):
-                attributes = {"request_id": f"r{number}"}
+                attributes = ("request_id", f"r{number}")
+                key = sink.key
                 RECORDER.record_many(
-                    [(sink, "a", 1, attributes, 1, None), (sink, "b", 2, attributes, 1, None)]
+                    [(key, "a", 1, attributes, 1, None), (key, "b", 2, attributes, 1, None)]
                 )
         RECORDER.collect()
         assert len(exporter.exports) > 1
@@ -372,3 +375,25 @@ def test_the_collector_hands_a_burst_over_in_slices_that_never_split_a_request()
         assert all(Counter(export) == dict.fromkeys(set(export), 2) for export in exporter.exports)
     finally:
         chest.shutdown(timeout_millis=1_000)
+
+
+def test_queued_records_hold_nothing_the_garbage_collector_must_track(
+    sqlite_chest: FlaskChestSQLite,
+) -> None:
+    """A record waiting in the queue holds only atomic values and flat tuples
+    of them, so the cyclic GC stops tracking it and records never fill its
+    oldest generation (whose full passes pause requests under load)."""
+    chest = FlaskChestSQLite(db_uri=sqlite_chest.db_uri, name="gc", export_interval=3600)
+    try:
+        client = sample_app([chest]).test_client()
+        with RECORDER._collect_lock:  # keep them queued
+            for _ in range(50):
+                client.post("/")
+            queued = list(RECORDER._pending)
+            gc.collect()
+            gc.collect()
+            assert len(queued) == 100
+            assert not [record for record in queued if gc.is_tracked(record)]
+        assert chest.force_flush(10_000)
+    finally:
+        chest.shutdown(timeout_millis=2_000)
