@@ -22,7 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -460,6 +460,11 @@ class InfluxDB2WriteDouble:
         self.requests: list[Received] = []
         self.points: list[tuple[str, dict[str, str], dict[str, str], int | None]] = []
         self.field_types: dict[tuple[str, str], str] = {}
+        #: A stricter rule than line protocol's, set by a test to stand for a
+        #: line some server refuses: it returns why the line is refused, or
+        #: None. Such a line fails the whole request with 400, as any
+        #: malformed line does.
+        self.refuse_line: Callable[[str], str | None] | None = None
         self._lock = threading.Lock()
         self._server = self._Server(("127.0.0.1", 0), _Handler)
         self._server.double = self
@@ -542,6 +547,9 @@ class InfluxDB2WriteDouble:
             if not stripped or stripped.startswith("#"):
                 continue
             try:
+                reason = self.refuse_line(stripped) if self.refuse_line else None
+                if reason is not None:
+                    raise ValueError(reason)
                 parsed.append(parse_line(stripped))
             except ValueError as error:
                 return (

@@ -32,7 +32,7 @@ from flask_chest_otel._delivery import Status
 from flask_chest_otel._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SCOPE_NAME
 from flask_chest_otel.influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
 
-from .conftest import sample_app
+from .conftest import app_recording, sample_app
 from .http_sink import HTTPSink, Reply
 from .servers import (
     InfluxDB1,
@@ -596,3 +596,33 @@ def test_v1_malformed_line_makes_the_batch_invalid(
     outcome = exporter._send([b"good value=1 1", b"broken line here"])
     assert outcome.status is Status.INVALID
     assert "400" in outcome.message and "broken line here" in outcome.message
+
+
+def test_one_line_the_server_refuses_costs_only_its_own_request(
+    double: InfluxDB2WriteDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13's acceptance for InfluxDB: the write API refuses a whole
+    request for one line it cannot take (400 "unable to parse"); of 100
+    requests, one poisoned, the other 99 land, the refused one is counted and
+    logged once with its line, and the flush reports the refusal."""
+    double.refuse_line = lambda line: "poisoned value" if "poison" in line else None
+    chest = FlaskChestInfluxDB(
+        name="strict", url=double.url, token=TOKEN, org="my-org", bucket="my-bucket",
+        export_interval=3600,
+    )  # fmt: skip
+    try:
+        app_recording(
+            chest,
+            [(f"r{n}", {"customer": "poison" if n == 42 else f"c{n}"}) for n in range(100)],
+        )
+        with caplog.at_level(logging.ERROR, logger="flask_chest_otel"):
+            assert chest.force_flush(10_000) is False
+        landed = {tags["request_id"] for _, tags, _, _ in double.points}
+        assert landed == {f"r{n}" for n in range(100)} - {"r42"}
+        assert chest.exporter.stats.dropped_rejected == 1
+        assert chest.exporter.stats.exported == 99
+        refused = [r.getMessage() for r in caplog.records if "r42" in r.getMessage()]
+        assert len(refused) == 1 and "unable to parse" in refused[0]
+        assert TOKEN not in caplog.text
+    finally:
+        chest.shutdown(timeout_millis=2_000)

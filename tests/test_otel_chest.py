@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,12 +29,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from flask_chest_otel import FlaskChestOTel, flask_chest, trace_id_request_id
+from flask_chest_otel import FlaskChestOTel, FlaskChestSQLite, flask_chest, trace_id_request_id
 from flask_chest_otel._chest import Chest
 from flask_chest_otel._delivery import Outcome
 from flask_chest_otel.extension import FlaskChestExtension
 from flask_chest_otel.otel import OTelExporterAdapter
 
+from .conftest import read_rows
 from .otlp_receiver import OTLPReceiver, otlp_http_receiver, otlp_receiver
 
 Receiver = Callable[..., AbstractContextManager[OTLPReceiver]]
@@ -70,17 +72,23 @@ def test_5000_traced_requests_are_5000_points_each_at_its_time_with_its_trace(
     exporter_of: Callable[[OTLPReceiver], MetricExporter],
     generator: Callable[[], str] | None,
     spans: tuple[TracerProvider, InMemorySpanExporter],
+    tmp_path: Path,
 ) -> None:
-    """Issue 14's acceptance: instrumentation-flask + FlaskChestOTel(OTLP exporter)."""
+    """Issue 14's acceptance: instrumentation-flask + FlaskChestOTel(OTLP
+    exporter), and a SQLite chest on the same route whose rows name the same
+    traces."""
     tracer_provider, span_exporter = spans
     with receiver_of() as receiver:
         chest = FlaskChestOTel(exporter_of(receiver), export_interval=60)
+        sqlite_chest = FlaskChestSQLite(db_uri=str(tmp_path / "traced.sqlite3"))
         app = Flask(__name__)
         FlaskInstrumentor().instrument_app(app, tracer_provider=tracer_provider)
 
         @app.route("/orders", methods=["POST"])
         @flask_chest(
-            chests=[chest], tracked_vars={"POST": ["transaction"]}, request_id_generator=generator
+            chests=[chest, sqlite_chest],
+            tracked_vars={"POST": ["transaction"]},
+            request_id_generator=generator,
         )
         def orders() -> str:
             g.transaction = 1
@@ -91,10 +99,12 @@ def test_5000_traced_requests_are_5000_points_each_at_its_time_with_its_trace(
             for _ in range(5000):
                 assert client.post("/orders").status_code == 200
             assert chest.force_flush(60_000)
+            assert sqlite_chest.force_flush(60_000)
             points = receiver.points()
         finally:
             FlaskInstrumentor().uninstrument_app(app)
             chest.shutdown()
+            sqlite_chest.shutdown()
 
     server_spans = {
         (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x")): s
@@ -117,6 +127,10 @@ def test_5000_traced_requests_are_5000_points_each_at_its_time_with_its_trace(
             assert point.attributes["request_id"] == trace_id
         linked.add((trace_id, span_id))
     assert linked == set(server_spans)
+    rows = read_rows(tmp_path / "traced.sqlite3")
+    assert {(row["request_id"], row["trace_id"], row["span_id"]) for row in rows} == {
+        (p.attributes["request_id"], *p.exemplars[0][:2]) for p in points
+    }
 
 
 @PROTOCOLS
