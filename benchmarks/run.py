@@ -250,6 +250,18 @@ def scaling_rows(result: dict[str, Any]) -> list[Row]:
 HEADER: Row = ("section", "measurement", "value", "compared with", "ratio", "target", "verdict")
 
 
+def record_path_rows(result: dict[str, Any]) -> list[Row]:
+    """The request thread's own CPU per request, with and without a spool."""
+    plain = result["sqlite"]["request_path_cpu_us_median"]
+    spooled = result["sqlite_spooled"]["request_path_cpu_us_median"]
+    return [
+        ("request path (thread CPU)", "SQLite chest, 2 vars", f"{plain:.1f} us/req",
+         "", "", "", ""),
+        ("", "  same chest with spool_dir", f"{spooled:.1f} us/req", "without spool",
+         f"{spooled / plain:.2f}", "<= 1.1", _verdict(spooled <= 1.1 * plain)),
+    ]  # fmt: skip
+
+
 def load_rows(results: dict[str, Any]) -> list[Row]:
     """gunicorn sync -w 2 + wrk: each variant against prometheus-flask-exporter
     (targets of issue 15 for our modes: req/s >= 0.9x, p99 <= 1.5x)."""
@@ -334,8 +346,11 @@ def main() -> None:
     step("http_writer")
     results["load"] = _json("bench_load.py", "--json", *quick)
     step("load")
+    results["record_path"] = _json("bench_record_path.py", *(["--rounds", "5"] if quick else []))
+    step("record_path")
 
     rows += overhead_rows(results["overhead"])
+    rows += record_path_rows(results["record_path"])
     rows += load_rows(results["load"])
     rows += _parsed(influx_rows, influx_text, "export: InfluxDB", "bench_influxdb.py")
     rows += _parsed(http_writer_rows, writer_text, "export: HTTP writer", "bench_http_writer.py")
