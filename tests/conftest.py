@@ -16,7 +16,9 @@ from hypothesis import settings
 
 from flask_chest_otel import FlaskChestSQLite, flask_chest
 from flask_chest_otel._chest import Chest
+from flask_chest_otel.http_payload import HTTPPayloadMetricExporter
 
+from .http_sink import HTTPSink
 from .servers import InfluxDB1, VictoriaMetrics, influxdb1, victoria_metrics
 
 # CI explores the same examples on every run and never replays a failure
@@ -152,3 +154,30 @@ def app_recording(chest: Chest, requests: list[tuple[str, dict[str, Any]]]) -> N
         current.clear()
         current.update(variables)
         assert client.get("/").status_code == 200
+
+
+@pytest.fixture
+def sink() -> Iterator[HTTPSink]:
+    """A real HTTP server on a free loopback port, recording what it gets."""
+    with HTTPSink() as server:
+        yield server
+
+
+@pytest.fixture
+def http_exporters(sink: HTTPSink) -> Iterator[Callable[..., HTTPPayloadMetricExporter]]:
+    """Builds HTTP payload exporters posting to ``sink`` (path ``/ingest``,
+    fast retries, 5 s timeout, keyword defaults overridable); shuts them down
+    after the test."""
+    exporters: list[HTTPPayloadMetricExporter] = []
+
+    def make(**options: Any) -> HTTPPayloadMetricExporter:
+        options.setdefault("url", sink.url + "/ingest")
+        options.setdefault("retry_initial", 0.05)
+        options.setdefault("timeout", 5.0)
+        exporter = HTTPPayloadMetricExporter(**options)
+        exporters.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in exporters:
+        exporter.shutdown(timeout_millis=2_000)

@@ -9,7 +9,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,29 +42,18 @@ SECRETS = ("QUERYSECRET", "PARAMSECRET", "HEADERSECRET", "USERSECRET", "PASSSECR
 
 
 @pytest.fixture
-def sink() -> Iterator[HTTPSink]:
-    with HTTPSink() as server:
-        yield server
-
-
-@pytest.fixture
-def make_exporter(sink: HTTPSink) -> Iterator[Callable[..., HTTPPayloadMetricExporter]]:
-    exporters: list[HTTPPayloadMetricExporter] = []
+def make_exporter(
+    http_exporters: Callable[..., HTTPPayloadMetricExporter],
+) -> Callable[..., HTTPPayloadMetricExporter]:
+    """Exporters with ``json_payload``, named "writer"."""
 
     def make(**options: Any) -> HTTPPayloadMetricExporter:
-        options.setdefault("url", sink.url + "/ingest")
         options.setdefault("payload_generator", json_payload)
         options.setdefault("name", "writer")
-        options.setdefault("retry_initial", 0.05)
         options.setdefault("retry_max", 0.5)
-        options.setdefault("timeout", 5.0)
-        exporter = HTTPPayloadMetricExporter(**options)
-        exporters.append(exporter)
-        return exporter
+        return http_exporters(**options)
 
-    yield make
-    for exporter in exporters:
-        exporter.shutdown(timeout_millis=1_000)
+    return make
 
 
 def points_data(points: list[tuple[str, NumberDataPoint]]) -> MetricsData:

@@ -88,30 +88,18 @@ def recorded(
 
 
 @pytest.fixture
-def sink() -> Iterator[HTTPSink]:
-    with HTTPSink() as server:
-        yield server
-
-
-@pytest.fixture
-def make_exporter(sink: HTTPSink) -> Iterator[Callable[..., HTTPPayloadMetricExporter]]:
-    """Exporters posting to ``sink`` with fast retries; shut down after the test."""
-    exporters: list[HTTPPayloadMetricExporter] = []
+def make_exporter(
+    http_exporters: Callable[..., HTTPPayloadMetricExporter],
+) -> Callable[..., HTTPPayloadMetricExporter]:
+    """Exporters with the sample usage's generator and name."""
 
     def make(**options: Any) -> HTTPPayloadMetricExporter:
-        options.setdefault("url", sink.url + "/ingest")
         options.setdefault("payload_generator", cust_payload_generator)
         options.setdefault("name", "SignalFX")
-        options.setdefault("retry_initial", 0.05)
         options.setdefault("retry_max", 2.0)
-        options.setdefault("timeout", 5.0)
-        exporter = HTTPPayloadMetricExporter(**options)
-        exporters.append(exporter)
-        return exporter
+        return http_exporters(**options)
 
-    yield make
-    for exporter in exporters:
-        exporter.shutdown(timeout_millis=2_000)
+    return make
 
 
 def deliver(exporter: HTTPPayloadMetricExporter, data: MetricsData, timeout: float = 10) -> bool:
