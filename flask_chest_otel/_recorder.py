@@ -58,10 +58,10 @@ SLICE_SECONDS = 0.001
 #: (sink key, instrument name, value, attributes, time_unix_nano, span IDs or
 #: None). Every part is an atomic value or a flat tuple of them (the
 #: attributes as ``(key1, value1, key2, value2, ...)``, not a dict), so the
-#: garbage collector stops tracking a record at its first pass: records that
-#: wait up to an export interval in the queue never reach the oldest
-#: generation, whose full collections pause requests (p99 under gunicorn,
-#: docs/benchmarks.md).
+#: garbage collector stops tracking a record in its young generations
+#: (tests/test_pipeline.py pins it): records that wait up to an export
+#: interval in the queue do not fill the oldest generation, whose full
+#: collections pause requests (p99 under gunicorn, docs/benchmarks.md).
 #: ``value`` is a bool, int or float (a text travels in the attribute
 #: ``flask_chest.value`` with value 1); the span IDs become the point's exemplar.
 FlatAttributes = tuple[Any, ...]
