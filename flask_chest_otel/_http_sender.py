@@ -346,12 +346,7 @@ class Sender:
 
     def close(self) -> None:
         """Closes the kept-alive connection (and our own session)."""
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        self._close_socket()
         if self._session is not None and self._user_session is None:
             self._session.close()
             self._session = self._new_session()
@@ -360,14 +355,17 @@ class Sender:
         """Forgets the parent's connection: the child must not share its socket."""
         # Closing the child's copy of the descriptor leaves the parent's
         # connection open (no TLS close_notify is sent).
+        self._close_socket()
+        if self._session is not None and self._user_session is None:
+            self._session = self._new_session()
+
+    def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
                 sock.close()
             except OSError:
                 pass
-        if self._session is not None and self._user_session is None:
-            self._session = self._new_session()
 
 
 def _dropped(sock: socket.socket) -> bool:
