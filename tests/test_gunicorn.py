@@ -50,15 +50,7 @@ def test_each_worker_exports_its_own_requests_exactly_once(tmp_path: Path, prelo
     )
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "health", timeout=5)
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                time.sleep(0.1)
+        wait_until_serving(server, url)
         served = 0
         for number in range(200):
             # A new connection per request lets both workers take some.
@@ -75,6 +67,19 @@ def test_each_worker_exports_its_own_requests_exactly_once(tmp_path: Path, prelo
     assert len(set(request_ids)) == 200
     workers = {request_id.split("-")[0] for request_id in request_ids}
     assert 1 <= len(workers) <= 2
+
+
+def wait_until_serving(server: subprocess.Popen[str], url: str) -> None:
+    """Polls ``url``/health until gunicorn answers (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            requests.get(url + "health", timeout=5)
+            return
+        except requests.RequestException:
+            assert time.monotonic() < deadline, "gunicorn did not start"
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.1)
 
 
 def spooling_influx_app() -> Any:
@@ -108,15 +113,7 @@ def run_gunicorn(env: dict[str, str], requests_to_serve: int, wait: Any = None) 
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(url + "health", timeout=5)
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                time.sleep(0.1)
+        wait_until_serving(server, url)
         for _ in range(requests_to_serve):
             assert requests.get(url, timeout=30).status_code == 200
         if wait is not None:
