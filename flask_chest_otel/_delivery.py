@@ -40,6 +40,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
+from ._pacing import background, paced
 from ._spool import Spool
 from .environment_variables import FLASK_CHEST_EXIT_TIMEOUT, FLASK_CHEST_SPOOL_DIR
 
@@ -372,7 +373,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             )
             return MetricExportResult.FAILURE
         try:
-            items = [(item, self._item_size(item)) for item in self._encode(metrics_data)]
+            items = [(item, self._item_size(item)) for item in paced(self._encode(metrics_data))]
         except Exception:
             self.stats.dropped_encoding += 1
             self.logger.exception("%s: could not encode metrics; they are dropped", self.name)
@@ -594,6 +595,8 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                     timeout = min(timeout or ADOPT_INTERVAL, ADOPT_INTERVAL)
                 self._wake.wait(timeout)
                 self._wake.clear()
+                # Half full: send at full speed, as losing nothing comes first.
+                background(paced=self.stats.buffered < self.max_buffer_items // 2)
                 self._drain()
             self._drain(deadline=self._stop_deadline)
         except Exception:  # a bug here must not go unnoticed, nor stop flushing forever
@@ -629,7 +632,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         batch: list[Item] = []
         size = 0
         with self._lock:
-            for item, item_size, _ in self._buffer:
+            for item, item_size, _ in paced(self._buffer):
                 if batch and (len(batch) >= limit or size + item_size > self.max_batch_bytes):
                     break
                 batch.append(item)

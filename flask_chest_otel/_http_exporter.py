@@ -16,7 +16,8 @@ from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._http import check_url, parse_retry_after, safe_url
 from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
-from ._recorder import VERSION
+from ._pacing import pause_if_due
+from ._recorder import VERSION, attributes_of, flat_attributes
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
 #: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
@@ -39,9 +40,17 @@ class Payload:
     requests: int
 
 
+#: One context tuple as batched mode buffers it: ``(name, value,
+#: request_id, time_unix_nano, kind, key1, value1, key2, value2, ...)``, the
+#: attributes inline. Atomic values only, so that the garbage collector stops
+#: tracking what waits for the next batch, as with the recorder's queue
+#: (``_recorder.Record``): a request's item is two levels deep, which its
+#: first two collections (young, then middle generation) untrack, so it
+#: never reaches the oldest generation, whose full passes pause requests.
+FlatTuple = tuple[Any, ...]
 #: In batched mode an item is one request's tuples (or the tuples of the
 #: other metrics of one export); a batch of them makes one POST.
-Tuples = tuple[ContextTuple, ...]
+Tuples = tuple[FlatTuple, ...]
 Item = Payload | Tuples
 
 
@@ -173,7 +182,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         requests_, others = context_tuples(metrics_data, self._warn_unsupported)
         groups = [*requests_, others] if others else requests_
         if not self.per_request:
-            yield from (tuple(group) for group in groups)
+            # Through lists: see ``_recorder.flat_attributes``.
+            yield from (tuple([_flat(item) for item in group]) for group in groups)
             return
         for group in groups:
             payload = self._generate(group)
@@ -204,7 +214,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         if isinstance(item, Payload):
             return len(item.body)
         # A request's tuples: about what their JSON takes.
-        return sum(64 + len(str(value)) + len(request_id or "") for _, value, request_id in item)
+        return sum(64 + len(str(flat[1])) + len(flat[2] or "") for flat in item)
 
     def _warn_unsupported(self, metric: Metric) -> None:
         self._log.log(
@@ -226,10 +236,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             outcome = self._post(payload)
             if outcome.status is not Status.DELIVERED:
                 return Outcome(outcome.status, outcome.message, outcome.retry_after, sent)
+            pause_if_due()
         return DELIVERED
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
-        merged = [item for group in batch for item in group]
+        merged = [_context_tuple(flat) for group in batch for flat in group]
         label, count = _label(merged)
         try:
             body, is_json = serialise(self.payload_generator(merged))
@@ -246,11 +257,12 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         fails on alone, and sends the others."""
         good: list[Tuples] = []
         for group in batch:
+            tuples = [_context_tuple(flat) for flat in group]
             try:
-                serialise(self.payload_generator(list(group)))
+                serialise(self.payload_generator(tuples))
             except Exception as exc:
                 self.stats.dropped_encoding += 1
-                self._log_generator_failure(_label(group)[0], exc)
+                self._log_generator_failure(_label(tuples)[0], exc)
             else:
                 good.append(group)
         skipped = len(batch) - len(good)
@@ -295,6 +307,19 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         # The parent's kept-alive socket must not be shared with the child.
         super()._after_fork_in_child()
         self._sender.after_fork_in_child()
+
+
+def _flat(item: ContextTuple) -> FlatTuple:
+    return (*item, item.time_unix_nano, item.kind, *flat_attributes(item.attributes))
+
+
+def _context_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:
+    """The ContextTuple ``_flat`` flattened (as is if it is one already: a
+    spool file written before batched mode buffered flat tuples)."""
+    if isinstance(flat, ContextTuple):
+        return flat
+    name, value, request_id, time_unix_nano, kind = flat[:5]
+    return ContextTuple(name, value, request_id, attributes_of(flat[5:]), time_unix_nano, kind)
 
 
 def _label(group: Sequence[ContextTuple]) -> tuple[str, int]:

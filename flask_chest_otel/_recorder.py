@@ -44,6 +44,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
 from ._names import ATTR_REQUEST_ID, SCOPE_NAME
+from ._pacing import background, pause_if_due
 from ._trace import SpanIds
 
 if TYPE_CHECKING:
@@ -51,9 +52,10 @@ if TYPE_CHECKING:
 
 VERSION = "0.1.0"
 
-#: The collector hands over what it built after about this much work, then
-#: yields the GIL, so that request threads wait at most about that long.
-SLICE_SECONDS = 0.001
+#: The collector hands over what it built after about this much work (the
+#: chests encode it on the same thread); it pauses more often than that, see
+#: ``_pacing``.
+HAND_OVER_SECONDS = 0.001
 
 #: (sink key, instrument name, value, attributes, time_unix_nano, span IDs or
 #: None). Every part is an atomic value or a flat tuple of them (the
@@ -180,6 +182,9 @@ class Recorder:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
+            # Behind (a burst): collect at full speed, as losing nothing
+            # comes before latency.
+            background(paced=len(self._pending) < self.collect_at)
             try:
                 self.collect()
             except Exception:  # never let the collector die
@@ -189,9 +194,9 @@ class Recorder:
         """Hands every waiting measurement to its chests' exporters (no I/O
         here; a spooling exporter writes its file).
 
-        Works in slices of about ``SLICE_SECONDS``: after each, what is built
-        goes to the chests (so their encoding is sliced too) and the GIL is
-        yielded. A slice ends between two requests, never inside one.
+        Hands over what it built about every ``HAND_OVER_SECONDS``, between
+        two requests, never inside one; on the collector thread it pauses
+        between records when due (``_pacing``).
         """
         with self._collect_lock:
             pending = self._pending
@@ -202,8 +207,9 @@ class Recorder:
             pop = pending.popleft
             sinks = self._sinks
             clock = time.perf_counter
-            slice_end = clock() + SLICE_SECONDS
+            hand_over_at = clock() + HAND_OVER_SECONDS
             for left in range(count - 1, -1, -1):
+                pause_if_due()
                 try:
                     record = pop()
                 except IndexError:  # _drop_oldest took some meanwhile (and counted them)
@@ -219,11 +225,10 @@ class Recorder:
                 )
                 for chest in sinks[key].chests:
                     per_chest.setdefault(chest, {}).setdefault(name, []).append(point)
-                if left and clock() > slice_end and _request_ends(record, pending):
+                if left and clock() > hand_over_at and _request_ends(record, pending):
                     self._hand_over(per_chest)
                     per_chest = {}
-                    time.sleep(0)
-                    slice_end = clock() + SLICE_SECONDS
+                    hand_over_at = clock() + HAND_OVER_SECONDS
             self._hand_over(per_chest)
 
     def _hand_over(self, per_chest: dict[Chest, dict[str, list[NumberDataPoint]]]) -> None:

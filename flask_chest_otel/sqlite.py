@@ -3,6 +3,7 @@ default chest. A file anyone can open with ``sqlite3``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._pacing import paced
 from ._schema import FieldValue, rows
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
@@ -85,13 +87,21 @@ class TableShapeError(ValueError):
 def iso_time(time_unix_nano: int) -> str:
     """UTC ISO 8601 with nanoseconds: sorts as text, reads as a date."""
     seconds, nanos = divmod(time_unix_nano, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{nanos:09d}Z"
+    return f"{_iso_seconds(seconds)}.{nanos:09d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_seconds(seconds: int) -> str:
+    # Points come in time order, many per second: the date is formatted
+    # once per second, not once per row.
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _clean(text: str) -> str:
     """Text SQLite can store: lone surrogates (which UTF-8 cannot encode)
     become ``?``, as on InfluxDB; so one bad value costs nothing else."""
+    if text.isascii():
+        return text
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -306,7 +316,7 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
         try:
             connection = self._connect()
             with connection:
-                connection.executemany(self._insert, batch)
+                connection.executemany(self._insert, paced(batch))
         except TableShapeError as exc:
             self._reset()
             return Outcome(Status.REJECTED, f"{self.db_uri}: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import gc
 import json
 import logging
 import pickle
@@ -213,6 +214,35 @@ def test_per_request_false_sends_one_post_per_export_with_every_request(
         ("response_time", 0.25, "r1"),
         ("transaction", 1, "r2"),
     ]
+
+
+def test_batched_mode_buffers_nothing_the_garbage_collector_must_track(
+    make_exporter: Callable[..., HTTPPayloadMetricExporter],
+) -> None:
+    """What waits for the next batch holds only atomic values and flat tuples,
+    so the cyclic GC stops tracking it (a full GC pass over the requests of an
+    export interval paused requests under load); the generator still gets
+    whole ContextTuples."""
+    seen: list[ContextTuple] = []
+
+    def generator(tuples: list[ContextTuple]) -> Any:
+        seen.extend(tuples)
+        return json_payload(tuples)
+
+    exporter = make_exporter(per_request=False, payload_generator=generator, flush_interval=3600)
+    exporter.export(recorded(("r1", [("transaction", 1), ("response_time", "slow")])))
+    # Its first two collections, as in a worker: young, then middle generation.
+    gc.collect()
+    gc.collect()
+    buffered = [item for item, _, _ in exporter._buffer]
+    assert len(buffered) == 1
+    assert not [item for item in buffered if gc.is_tracked(item)]
+    assert exporter.force_flush(timeout_millis=5_000)
+    assert [(item, item.attributes, item.time_unix_nano, item.kind) for item in seen] == [
+        (("transaction", 1, "r1"), {"method": "POST", "route": "/"}, T0, "gauge"),
+        (("response_time", "slow", "r1"), {"method": "POST", "route": "/"}, T0, "gauge"),
+    ]
+    assert all(type(item) is ContextTuple for item in seen)
 
 
 def test_other_otel_metrics_become_one_tuple_per_point_without_request_id(

@@ -1,0 +1,62 @@
+"""Our background threads hold the GIL in short slices, so that a request
+thread never waits long behind them.
+
+CPython gives the GIL to a waiting thread when the holder releases it and
+the waiter wakes up before the holder takes it back. A thread that returns
+from I/O (a request thread after ``accept``, ``recv`` or ``send``) therefore
+waits for as long as a background thread runs pure Python, up to the switch
+interval (5 ms), and often several times per request: under gunicorn sync
+workers that made our p99 latency 3-10x prometheus-flask-exporter's (see
+docs/benchmarks.md). ``time.sleep(0)`` does not help: it releases the GIL
+and takes it back before the waiter has woken.
+
+So the long loops of our background threads (the collector building points,
+exporters encoding them, senders taking batches and writing rows or POSTs)
+call ``pause_if_due()``: once ``SLICE_SECONDS`` of wall time have passed
+since the last pause, it sleeps ``PAUSE_SECONDS``, a real sleep during which
+a waiting thread takes the GIL. Only threads that called ``background(True)``
+pause; in any other thread (a user's ``force_flush()``, the exit's last
+flush) it does nothing. A thread that is falling behind (its queue or buffer
+half full) turns pausing off, as losing nothing comes before latency. No
+setting global to the app (``sys.setswitchinterval``, the GC) is touched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Longest stretch of wall time a background thread works between pauses.
+SLICE_SECONDS = 0.0002
+#: How long it sleeps then (Linux makes it about 0.15 ms).
+PAUSE_SECONDS = 0.0001
+
+_local = threading.local()
+_clock = time.perf_counter
+
+
+def background(paced: bool) -> None:
+    """Makes the calling thread pause in its loops (True) or not (False)."""
+    _local.until = _clock() + SLICE_SECONDS if paced else None
+
+
+def pause_if_due() -> None:
+    """Sleeps ``PAUSE_SECONDS`` if this thread is paced and its slice is over."""
+    until = getattr(_local, "until", None)
+    if until is not None and _clock() > until:
+        time.sleep(PAUSE_SECONDS)
+        _local.until = _clock() + SLICE_SECONDS
+
+
+def paced(items: Iterable[T]) -> Iterator[T]:
+    """``items``, pausing between them when due (see ``pause_if_due``)."""
+    if getattr(_local, "until", None) is None:
+        yield from items
+        return
+    for item in items:
+        yield item
+        pause_if_due()
