@@ -372,15 +372,24 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 points,
             )
             return MetricExportResult.FAILURE
+        items: list[tuple[Item, int]] = []
         try:
-            items = [(item, self._item_size(item)) for item in paced(self._encode(metrics_data))]
+            for item in paced(self._encode(metrics_data)):
+                items.append((item, self._item_size(item)))
+                if len(items) >= self.max_batch_items:
+                    # A batch is ready: the sender sends it while the rest is encoded.
+                    self.enqueue(items)
+                    items = []
         except Exception:
             self.stats.dropped_encoding += 1
-            self.logger.exception("%s: could not encode metrics; they are dropped", self.name)
+            self.logger.exception(
+                "%s: could not encode metrics; the rest of this export is dropped", self.name
+            )
+            if items:
+                self.enqueue(items)
             return MetricExportResult.FAILURE
-        if not items:
-            return MetricExportResult.SUCCESS
-        self.enqueue(items)
+        if items:
+            self.enqueue(items)
         return MetricExportResult.SUCCESS
 
     def enqueue(self, items: Sequence[tuple[Item, int]]) -> None:

@@ -23,9 +23,9 @@ from typing import Any
 import urllib3
 from influxdb_client.client import exceptions as _client_exceptions
 from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
+from influxdb_client.service.write_service import WriteService
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from . import environment_variables
@@ -61,6 +61,9 @@ _CONFLICT = re.compile(
 )
 #: Field type conflicts healed per batch at most (one (measurement, field) each).
 _MAX_CONFLICT_ROUNDS = 8
+#: gzip level of request bodies. On 5,000 decorated lines (650 KB), level 1
+#: took 6.1 ms for 153 KB, influxdb-client's level 9 20.4 ms for 140 KB.
+GZIP_LEVEL = 1
 _RETRY_STATUSES = frozenset({408, 429})
 _MAX_MESSAGE = 500
 
@@ -149,7 +152,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         timeout: seconds one write may take (``INFLUXDB_V2_TIMEOUT``, in ms).
         verify_ssl, ssl_ca_cert: TLS verification (``INFLUXDB_V2_VERIFY_SSL``,
             ``INFLUXDB_V2_SSL_CA_CERT``).
-        enable_gzip: gzip request bodies (on by default).
+        enable_gzip: gzip request bodies (on by default), at level 1: 3x faster
+            than level 9 for 9 % more bytes on line protocol.
         headers: extra HTTP headers sent with every write (a proxy's, say).
         request_id_field: write a decorated point's request ID as a string
             field instead of a tag (one series per variable, not per request).
@@ -224,7 +228,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         }
         self._headers = dict(headers or {})
         self._client: InfluxDBClient | None = None
-        self._write_api: WriteApi | None = None
+        self._write_service: WriteService | None = None
 
     def __repr__(self) -> str:
         where = (
@@ -357,14 +361,14 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         return DELIVERED
 
     def _close(self) -> None:
-        client, self._client, self._write_api = self._client, None, None
+        client, self._client, self._write_service = self._client, None, None
         if client is not None:
             client.close()  # type: ignore[no-untyped-call]
 
     def _after_fork_in_child(self) -> None:
         # urllib3's pooled connections must not be shared with the parent.
         self._client = None
-        self._write_api = None
+        self._write_service = None
         super()._after_fork_in_child()
 
     # -- HTTP -------------------------------------------------------------------
@@ -376,7 +380,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
                 token=(self._token or "") if self._username is None else "",
                 org=self.org or "",
                 timeout=int(self.timeout * 1000),
-                enable_gzip=self.enable_gzip and self.database is None,
+                enable_gzip=False,  # we compress, faster (``GZIP_LEVEL``)
                 retries=False,
                 **self._client_options,
             )
@@ -385,15 +389,23 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         return self._client
 
     def _v2_write(self, body: bytes) -> None:
-        if self._write_api is None:
-            self._write_api = self._connect().write_api(write_options=SYNCHRONOUS)
-        self._write_api.write(
-            bucket=self.bucket or "",
+        # influxdb-client's service, not its WriteApi: that one would gzip at
+        # level 9 and drop ``urlopen_kw``.
+        if self._write_service is None:
+            self._write_service = WriteService(self._connect().api_client)  # type: ignore[no-untyped-call]
+        compressed: dict[str, str] = {}
+        if self.enable_gzip:
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+            compressed["content_encoding"] = "gzip"
+        self._write_service.post_write(  # type: ignore[no-untyped-call]
             org=self.org or "",
-            record=body,
-            write_precision=WritePrecision.NS,  # type: ignore[arg-type]
+            bucket=self.bucket or "",
+            body=body,
+            precision=WritePrecision.NS,
+            content_type="text/plain; charset=utf-8",
             # A redirect must never count as delivered (a login page answers 200).
             urlopen_kw={"redirect": False},
+            **compressed,
         )
 
     def _v1_write(self, body: bytes) -> None:
@@ -408,7 +420,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         elif self._token:
             headers["Authorization"] = f"Token {self._token}"
         if self.enable_gzip:
-            body = gzip.compress(body, compresslevel=5)
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
             headers["Content-Encoding"] = "gzip"
         client.api_client.call_api(  # type: ignore[no-untyped-call]
             "/write",
