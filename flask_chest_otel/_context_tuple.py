@@ -30,6 +30,7 @@ from ._names import (
     ATTR_TIME,
     SCOPE_NAME,
 )
+from ._pacing import paced
 from ._trace import point_trace
 
 #: How the decorator's attributes are named in ``ContextTuple.attributes``
@@ -110,7 +111,7 @@ def context_tuples(
                 if not decorated:
                     others.extend(_metric_tuples(metric, unsupported))
                     continue
-                for point in metric.data.data_points:
+                for point in paced(metric.data.data_points):
                     key, item, index = _decorated_tuple(
                         metric.name, point  # type: ignore[arg-type]
                     )

@@ -40,7 +40,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from ._pacing import background, paced
+from ._pacing import background, paced, pause_if_due
 from ._spool import Spool
 from .environment_variables import FLASK_CHEST_EXIT_TIMEOUT, FLASK_CHEST_SPOOL_DIR
 
@@ -462,6 +462,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         (caller holds the lock)."""
         spooled = 0
         for _ in range(min(count, len(self._buffer))):
+            pause_if_due()
             _, size, spool_size = self._buffer.popleft()
             self.stats.buffered -= 1
             self.stats.buffered_bytes -= size

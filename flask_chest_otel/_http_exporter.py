@@ -16,7 +16,7 @@ from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._http import check_url, parse_retry_after, safe_url
 from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
-from ._pacing import pause_if_due
+from ._pacing import paced, pause_if_due
 from ._recorder import VERSION, attributes_of, flat_attributes
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
@@ -240,7 +240,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         return DELIVERED
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
-        merged = [_context_tuple(flat) for group in batch for flat in group]
+        merged = [_context_tuple(flat) for group in paced(batch) for flat in group]
         label, count = _label(merged)
         try:
             body, is_json = serialise(self.payload_generator(merged))
