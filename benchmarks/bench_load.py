@@ -6,7 +6,10 @@ worker processes per request served (every thread: request handling and
 background export, read from /proc after the workers went idle again, so a
 backlog drained after the run is counted), and the points delivered against
 the requests served (read back from VictoriaMetrics, the HTTP sink and the
-SQLite files at the end). Medians over rounds with min-max spread; ratios
+SQLite files at the end). "backends us/req" is the CPU the backends spent
+per request meanwhile (VictoriaMetrics, and the HTTP sink's threads in this
+process): they share the 2 cores with the workers, which prometheus'
+variant does not pay for. Medians over rounds with min-max spread; ratios
 against prometheus-flask-exporter from the same rounds.
 
 Variants: ``plain`` (no instrumentation), ``prometheus``
@@ -43,11 +46,12 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import ROOT, cust_payload_generator, sample_view, victoria_metrics  # noqa: E402
+from _common import ROOT, cust_payload_generator, sample_view  # noqa: E402
 from flask import Flask  # noqa: E402
 
 from tests.http_sink import HTTPSink  # noqa: E402
 from tests.servers import free_port, stop_process  # noqa: E402
+from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E402
 
 VARIANTS = ["plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request"]
 #: Variants that deliver points, and where to (for the read-back).
@@ -182,6 +186,12 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICK
 
 
+def _backends_cpu(victoria_metrics_pid: int) -> float:
+    """CPU seconds of the backends sharing the machine: VictoriaMetrics and
+    this process, where the HTTP sink's threads run (wrk's is not counted)."""
+    return _cpu_seconds([victoria_metrics_pid]) + time.process_time()
+
+
 def _settled_cpu(pids: list[int], limit: float = 60.0) -> float:
     """The workers' CPU once they are idle again (background export done)."""
     deadline = time.monotonic() + limit
@@ -287,11 +297,12 @@ def run(rounds: int, seconds: float, variants: list[str]) -> dict[str, Any]:
     results: dict[str, Any] = {name: {"runs": []} for name in variants}
     served = dict.fromkeys(variants, 0)
     with (
-        victoria_metrics() as influx_url,
-        HTTPSink() as sink,
         tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
+        start_victoria_metrics(Path(tmp) / "vm") as vm,
+        HTTPSink() as sink,
         contextlib.ExitStack() as stack,
     ):
+        influx_url = vm.url
         sqlite_path = str(Path(tmp) / "chest.sqlite3")
         env = {"BENCH_INFLUX_URL": influx_url, "BENCH_SINK_URL": sink.url,
                "BENCH_SQLITE": sqlite_path, "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -306,9 +317,12 @@ def run(rounds: int, seconds: float, variants: list[str]) -> dict[str, Any]:
                 url, master = servers[name]
                 pids = _workers(master)
                 before = _settled_cpu(pids)
+                backends_before = _backends_cpu(vm.process.pid)
                 measured = wrk(url, seconds)
                 after = _settled_cpu(pids)
+                backends = _backends_cpu(vm.process.pid) - backends_before
                 measured["cpu_us_per_request"] = (after - before) / measured["requests"] * 1e6
+                measured["backend_cpu_us_per_request"] = backends / measured["requests"] * 1e6
                 served[name] += int(measured["requests"])
                 results[name]["runs"].append(measured)
         for name in variants:
@@ -325,7 +339,7 @@ def run(rounds: int, seconds: float, variants: list[str]) -> dict[str, Any]:
                 results[name]["delivered"] = got
     for name in variants:
         runs = results[name]["runs"]
-        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request"):
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "backend_cpu_us_per_request"):
             values = [run[key] for run in runs]
             results[name][key] = {
                 "median": statistics.median(values), "min": min(values), "max": max(values)
@@ -337,7 +351,7 @@ def table(results: dict[str, Any]) -> str:
     base = results.get("prometheus")
     lines = [
         f"{'variant':<18} {'req/s':>16} {'p50 ms':>14} {'p99 ms':>16} {'CPU us/req':>18}"
-        f" {'vs prometheus (req/s, p99, CPU)':>32}  delivered/served"
+        f" {'vs prometheus (req/s, p99, CPU)':>32} {'backends us/req':>16}  delivered/served"
     ]
     for name, result in results.items():
         cells = []
@@ -356,8 +370,9 @@ def table(results: dict[str, Any]) -> str:
             ", ".join(f"{target} {count}/{result['served']}" for target, count in got.items())
             if got else "-"
         )
+        backends = f"{result['backend_cpu_us_per_request']['median']:.0f}"
         lines.append(f"{name:<18} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
-                     f" {ratios:>32}  {delivery}")  # fmt: skip
+                     f" {ratios:>32} {backends:>16}  {delivery}")  # fmt: skip
     return "\n".join(lines)
 
 

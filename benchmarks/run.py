@@ -299,6 +299,11 @@ def load_rows(results: dict[str, Any]) -> list[Row]:
             ))  # fmt: skip
         if delivered is not None:
             rows.append((
+                "load: gunicorn -w 2 + wrk", f"{name}: backends' CPU us/request",
+                spread(result["backend_cpu_us_per_request"], 0),
+                "VictoriaMetrics + HTTP sink, same 2 cores", "", "", "info",
+            ))  # fmt: skip
+            rows.append((
                 "load: gunicorn -w 2 + wrk", f"{name}: delivered",
                 ", ".join(f"{target} {count}" for target, count in delivered.items()),
                 f"{result['served']} served", "", "all", _verdict(complete),
