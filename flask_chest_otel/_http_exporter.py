@@ -16,7 +16,7 @@ from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._http import check_url, parse_retry_after, safe_url
 from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
-from ._pacing import paced, pause_if_due
+from ._pacing import paced
 from ._recorder import VERSION, attributes_of, flat_attributes
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
@@ -236,7 +236,6 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             outcome = self._post(payload)
             if outcome.status is not Status.DELIVERED:
                 return Outcome(outcome.status, outcome.message, outcome.retry_after, sent)
-            pause_if_due()
         return DELIVERED
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:

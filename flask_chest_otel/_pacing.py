@@ -11,14 +11,21 @@ docs/benchmarks.md). ``time.sleep(0)`` does not help: it releases the GIL
 and takes it back before the waiter has woken.
 
 So the long loops of our background threads (the collector building points,
-exporters encoding them, senders taking batches and writing rows or POSTs)
-call ``pause_if_due()``: once ``SLICE_SECONDS`` of wall time have passed
-since the last pause, it sleeps ``PAUSE_SECONDS``, a real sleep during which
-a waiting thread takes the GIL. Only threads that called ``background(True)``
-pause; in any other thread (a user's ``force_flush()``, the exit's last
-flush) it does nothing. A thread that is falling behind (its queue or buffer
-half full) turns pausing off, as losing nothing comes before latency. No
-setting global to the app (``sys.setswitchinterval``, the GC) is touched.
+exporters encoding them, senders taking batches and writing rows) call
+``pause_if_due()``: once ``SLICE_SECONDS`` of wall time have passed since
+the last pause, it sleeps ``PAUSE_SECONDS``, a real sleep during which a
+waiting thread takes the GIL. (Growing the slice after pauses no other
+thread used made p99 worse: a request thread is often in I/O at that
+moment, and waits for the longer slice when it comes back.) While no
+decorated request was recorded for a while (``requests_seen``), it does not
+pause at all, so that an idle process drains a backlog at full speed (an
+app whose only busy routes are undecorated is then not protected; see
+docs/benchmarks.md). Only threads that called
+``background(True)`` pause; in any other thread (a user's ``force_flush()``,
+the exit's last flush) it does nothing. A thread that is falling behind (its
+queue or buffer half full) turns pausing off, as losing nothing comes before
+latency. No setting global to the app (``sys.setswitchinterval``, the GC) is
+touched.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ PAUSE_SECONDS = 0.0001
 
 _local = threading.local()
 _clock = time.perf_counter
+#: Until when requests are taken to be served (see ``requests_seen``).
+_busy_until = 0.0
+
+
+def requests_seen(for_seconds: float) -> None:
+    """The collector found recorded requests: pause for the next ``for_seconds``."""
+    global _busy_until
+    _busy_until = _clock() + for_seconds
 
 
 def background(paced: bool) -> None:
@@ -47,9 +62,13 @@ def background(paced: bool) -> None:
 def pause_if_due() -> None:
     """Sleeps ``PAUSE_SECONDS`` if this thread is paced and its slice is over."""
     until = getattr(_local, "until", None)
-    if until is not None and _clock() > until:
-        time.sleep(PAUSE_SECONDS)
-        _local.until = _clock() + SLICE_SECONDS
+    if until is None:
+        return
+    now = _clock()
+    if now <= until or now > _busy_until:  # slice not over, or no requests to make room for
+        return
+    time.sleep(PAUSE_SECONDS)
+    _local.until = _clock() + SLICE_SECONDS
 
 
 def paced(items: Iterable[T]) -> Iterator[T]:

@@ -44,7 +44,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
 from ._names import ATTR_REQUEST_ID, SCOPE_NAME
-from ._pacing import background, pause_if_due
+from ._pacing import background, pause_if_due, requests_seen
 from ._trace import SpanIds
 
 if TYPE_CHECKING:
@@ -186,23 +186,25 @@ class Recorder:
             # comes before latency.
             background(paced=len(self._pending) < self.collect_at)
             try:
-                self.collect()
+                if self.collect():
+                    requests_seen(2 * self.interval)
             except Exception:  # never let the collector die
                 LOGGER.exception("flask_chest_otel: collecting measurements failed")
 
-    def collect(self) -> None:
+    def collect(self) -> int:
         """Hands every waiting measurement to its chests' exporters (no I/O
         here; a spooling exporter writes its file).
 
         Hands over what it built about every ``HAND_OVER_SECONDS``, between
         two requests, never inside one; on the collector thread it pauses
-        between records when due (``_pacing``).
+        between records when due (``_pacing``). Returns how many
+        measurements it took.
         """
         with self._collect_lock:
             pending = self._pending
             count = len(pending)
             if not count:
-                return
+                return 0
             per_chest: dict[Chest, dict[str, list[NumberDataPoint]]] = {}
             pop = pending.popleft
             sinks = self._sinks
@@ -229,7 +231,10 @@ class Recorder:
                     self._hand_over(per_chest)
                     per_chest = {}
                     hand_over_at = clock() + HAND_OVER_SECONDS
+                    if len(pending) >= self.collect_at:
+                        background(paced=False)  # fallen behind meanwhile: full speed
             self._hand_over(per_chest)
+            return count
 
     def _hand_over(self, per_chest: dict[Chest, dict[str, list[NumberDataPoint]]]) -> None:
         for chest, by_name in per_chest.items():
