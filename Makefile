@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-# The process-level tests (exit, fork, spool, gunicorn) run on every Python
+# The process-level tests (exit, fork, spool, gunicorn, GIL pacing) run on every Python
 # the package claims, each in its own virtualenv (.venv-3.X); pyenv's
 # interpreters are used when present, else python3.X from PATH.
-PROCESS_TESTS := tests/test_exit.py tests/test_spool.py tests/test_gunicorn.py \
+PROCESS_TESTS := tests/test_exit.py tests/test_spool.py tests/test_gunicorn.py tests/test_pacing.py \
 	tests/test_pipeline.py::test_interpreter_exit_flushes_without_an_explicit_shutdown \
 	tests/test_pipeline.py::test_a_forked_child_exports_only_its_own_requests \
 	tests/test_faults.py::test_sigterm_under_gunicorn_delivers_every_request_to_victoria_metrics
