@@ -140,13 +140,19 @@ def _quiet_logger() -> Any:
 
 
 @contextlib.contextmanager
-def gunicorn(variant: str, env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """``variant`` under gunicorn sync ``-w 2``; yields (URL, master pid)."""
+def gunicorn(
+    variant: str,
+    env: dict[str, str],
+    app: str = "bench_load:app_from_env()",
+    directory: Path = HERE,
+) -> Iterator[tuple[str, int]]:
+    """``variant`` under gunicorn sync ``-w 2`` (``app`` from ``directory``);
+    yields (URL, master pid)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync",
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-         "--chdir", str(HERE), "bench_load:app_from_env()"],
+         "--chdir", str(directory), app],
         env={**os.environ, **env, "BENCH_VARIANT": variant}, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -208,10 +214,13 @@ def _settled_cpu(pids: list[int], limit: float = 60.0) -> float:
 # -- wrk -------------------------------------------------------------------------
 
 
-def wrk(url: str, seconds: float) -> dict[str, float]:
-    """One wrk run (1 thread, 4 connections, POST): req/s, p50/p99 ms, requests."""
+def wrk(url: str, seconds: float, delay_ms: float = 0.0) -> dict[str, float]:
+    """One wrk run (1 thread, 4 connections, POST, each connection waiting
+    ``delay_ms`` before each request): req/s, p50/p99 ms, requests."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n')
+        if delay_ms:
+            script.write(f"function delay()\n  return {delay_ms:g}\nend\n")
     try:
         out = subprocess.run(
             ["wrk", "-t1", "-c4", f"-d{seconds:.0f}s", "--latency", "-s", script.name, url],
@@ -293,7 +302,7 @@ def delivered(variant: str, influx_url: str, sink: HTTPSink, sqlite_path: str) -
 # -- the run ---------------------------------------------------------------------
 
 
-def run(rounds: int, seconds: float, variants: list[str]) -> dict[str, Any]:
+def run(rounds: int, seconds: float, variants: list[str], delay_ms: float = 0.0) -> dict[str, Any]:
     results: dict[str, Any] = {name: {"runs": []} for name in variants}
     served = dict.fromkeys(variants, 0)
     with (
@@ -318,7 +327,7 @@ def run(rounds: int, seconds: float, variants: list[str]) -> dict[str, Any]:
                 pids = _workers(master)
                 before = _settled_cpu(pids)
                 backends_before = _backends_cpu(vm.process.pid)
-                measured = wrk(url, seconds)
+                measured = wrk(url, seconds, delay_ms)
                 after = _settled_cpu(pids)
                 backends = _backends_cpu(vm.process.pid) - backends_before
                 measured["cpu_us_per_request"] = (after - before) / measured["requests"] * 1e6
@@ -383,9 +392,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0,
+        help="each connection waits this long before each request (below saturation)",
+    )  # fmt: skip
     args = parser.parse_args()
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
-    results = run(rounds, seconds, args.variants.split(","))
+    results = run(rounds, seconds, args.variants.split(","), args.delay_ms)
     print(json.dumps(results) if args.json else table(results))
 
 
