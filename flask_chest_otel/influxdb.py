@@ -341,6 +341,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
     def _write(self, lines: Sequence[bytes]) -> Outcome:
         self._conflict = None
         body = b"\n".join(lines)
+        if self.enable_gzip:
+            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
         try:
             if self.database is None:
                 self._v2_write(body)
@@ -393,10 +395,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         # level 9 and drop ``urlopen_kw``.
         if self._write_service is None:
             self._write_service = WriteService(self._connect().api_client)  # type: ignore[no-untyped-call]
-        compressed: dict[str, str] = {}
-        if self.enable_gzip:
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
-            compressed["content_encoding"] = "gzip"
+        compressed = {"content_encoding": "gzip"} if self.enable_gzip else {}
         self._write_service.post_write(  # type: ignore[no-untyped-call]
             org=self.org or "",
             bucket=self.bucket or "",
@@ -420,7 +419,6 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         elif self._token:
             headers["Authorization"] = f"Token {self._token}"
         if self.enable_gzip:
-            body = gzip.compress(body, compresslevel=GZIP_LEVEL)
             headers["Content-Encoding"] = "gzip"
         client.api_client.call_api(  # type: ignore[no-untyped-call]
             "/write",
