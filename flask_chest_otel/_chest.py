@@ -4,6 +4,7 @@ own exporter, export interval and logger."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -15,7 +16,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 
 from ._delivery import LOGGER, BufferedExporter
-from ._recorder import RECORDER
+from ._recorder import RECORDER, Record
 
 #: Default seconds between exports: short, because users watch SLIs live.
 DEFAULT_EXPORT_INTERVAL = 2.0
@@ -66,6 +67,9 @@ class Chest:
 
     def _receive(self, metrics_data: MetricsData) -> None:
         self.exporter.export(metrics_data)
+
+    def _receive_records(self, records: Sequence[Record]) -> None:
+        self.exporter.export_records(records)
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Collects what routes recorded and sends everything now; True when

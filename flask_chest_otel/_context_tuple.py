@@ -8,8 +8,8 @@ tuple per data point, ``(metric_name, value, None)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -31,7 +31,12 @@ from ._names import (
     SCOPE_NAME,
 )
 from ._pacing import paced
+from ._records import Record, by_name, common_layout, flat_attributes, record_point, trace_of
 from ._trace import point_trace
+
+T = TypeVar("T")
+#: See ``flat_tuple``.
+FlatTuple = tuple[Any, ...]
 
 #: How the decorator's attributes are named in ``ContextTuple.attributes``
 #: (the InfluxDB tag names).
@@ -93,14 +98,35 @@ class ContextTuple(tuple[str, Any, "str | None"]):
         return self[2]
 
 
+class _Requests(Generic[T]):
+    """Groups the items of decorated variables by request, ordered as
+    ``context_tuples`` orders them."""
+
+    def __init__(self) -> None:
+        # request key -> (time, first seen, [(position, item)])
+        self._entries: dict[tuple[Any, ...], tuple[int, int, list[tuple[int, T]]]] = {}
+
+    def add(self, key: tuple[Any, ...], time_unix_nano: int, position: int, item: T) -> None:
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None:
+            entry = entries[key] = (time_unix_nano, len(entries), [])
+        entry[2].append((position, item))
+
+    def groups(self) -> list[list[T]]:
+        ordered = sorted(self._entries.values(), key=lambda entry: (entry[0], entry[1]))
+        return [
+            [item for _, item in sorted(entry[2], key=lambda pair: pair[0])] for entry in ordered
+        ]
+
+
 def context_tuples(
     metrics_data: MetricsData, unsupported: Callable[[Metric], None]
 ) -> tuple[list[list[ContextTuple]], list[ContextTuple]]:
     """(the tuples of each request, in request time order; the tuples of
     every other metric). ``unsupported`` is called for a metric that has no
     tuple layout (an exponential histogram)."""
-    # request key -> (time, first seen, [(metric order, tuple)])
-    requests_: dict[tuple[Any, ...], tuple[int, int, list[tuple[int, ContextTuple]]]] = {}
+    requests_: _Requests[ContextTuple] = _Requests()
     others: list[ContextTuple] = []
     order = 0
     for resource_metrics in metrics_data.resource_metrics:
@@ -115,14 +141,71 @@ def context_tuples(
                     key, item, index = _decorated_tuple(
                         metric.name, point  # type: ignore[arg-type]
                     )
-                    entry = requests_.get(key)
-                    if entry is None:
-                        entry = requests_[key] = (item.time_unix_nano, len(requests_), [])
-                    entry[2].append((order if index is None else index, item))
-    groups = sorted(requests_.values(), key=lambda entry: (entry[0], entry[1]))
-    return [
-        [item for _, item in sorted(entry[2], key=lambda pair: pair[0])] for entry in groups
-    ], others
+                    requests_.add(key, item.time_unix_nano, order if index is None else index, item)
+    return requests_.groups(), others
+
+
+def record_groups(records: Sequence[Record]) -> list[list[ContextTuple]]:
+    """``context_tuples``' groups of the recorder's records (all decorated)."""
+    return _record_groups(records, _same, _common_context_tuple)
+
+
+def record_flat_groups(records: Sequence[Record]) -> list[list[FlatTuple]]:
+    """``record_groups`` with each tuple as ``flat_tuple`` makes it."""
+    return _record_groups(records, flat_tuple, _common_flat_tuple)
+
+
+def flat_tuple(item: ContextTuple) -> FlatTuple:
+    """``(name, value, request_id, time_unix_nano, kind, key1, value1, ...)``:
+    a context tuple as atomic values, its attributes inline."""
+    return (*item, item.time_unix_nano, item.kind, *flat_attributes(item.attributes))
+
+
+def _record_groups(
+    records: Sequence[Record],
+    make: Callable[[ContextTuple], T],
+    common: Callable[[str, Record, tuple[str, str, str]], T],
+) -> list[list[T]]:
+    # A record of the common layout (``_records.common_layout``) makes its
+    # item with ``common``, without a point or a ContextTuple first.
+    requests_: _Requests[T] = _Requests()
+    for order, (name, group) in enumerate(by_name(records).items(), start=1):
+        for record in paced(group):
+            layout = common_layout(record)
+            if layout is None:
+                key, item, index = _decorated_tuple(name, record_point(record))
+                position = order if index is None else index
+                requests_.add(key, item.time_unix_nano, position, make(item))
+                continue
+            request_id, method, route = layout
+            time_unix_nano = record[4]
+            key = (request_id, time_unix_nano, method, route)
+            requests_.add(key, time_unix_nano, record[3][7], common(name, record, layout))
+    return requests_.groups()
+
+
+def _same(item: ContextTuple) -> ContextTuple:
+    return item
+
+
+def _common_context_tuple(name: str, record: Record, layout: tuple[str, str, str]) -> ContextTuple:
+    request_id, method, route = layout
+    attributes = {"method": method, "route": route}
+    trace = trace_of(record)
+    if trace is not None:
+        attributes["trace_id"], attributes["span_id"] = trace
+    return ContextTuple(name, record[2], request_id, attributes, record[4], "gauge")
+
+
+def _common_flat_tuple(name: str, record: Record, layout: tuple[str, str, str]) -> FlatTuple:
+    request_id, method, route = layout
+    trace = trace_of(record)
+    if trace is None:
+        return (name, record[2], request_id, record[4], "gauge", "method", method, "route", route)
+    return (
+        name, record[2], request_id, record[4], "gauge", "method", method, "route", route,
+        "trace_id", trace[0], "span_id", trace[1],
+    )  # fmt: skip
 
 
 def _decorated_tuple(

@@ -11,13 +11,20 @@ from typing import Any
 import requests
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
 
-from ._context_tuple import ContextTuple, context_tuples
+from ._context_tuple import (
+    ContextTuple,
+    FlatTuple,
+    context_tuples,
+    flat_tuple,
+    record_flat_groups,
+    record_groups,
+)
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._http import check_url, parse_retry_after, safe_url
 from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
 from ._pacing import paced
-from ._recorder import VERSION, attributes_of, flat_attributes
+from ._records import VERSION, Record, attributes_of
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
 #: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
@@ -40,16 +47,13 @@ class Payload:
     requests: int
 
 
-#: One context tuple as batched mode buffers it: ``(name, value,
-#: request_id, time_unix_nano, kind, key1, value1, key2, value2, ...)``, the
-#: attributes inline. Atomic values only, so that the garbage collector stops
-#: tracking what waits for the next batch, as with the recorder's queue
-#: (``_recorder.Record``): a request's item is two levels deep, which its
+#: In batched mode an item is one request's tuples (or the tuples of the
+#: other metrics of one export), each as ``flat_tuple`` makes it; a batch of
+#: them makes one POST. Atomic values only, so that the garbage collector
+#: stops tracking what waits for the next batch, as with the recorder's queue
+#: (``_records.Record``): a request's item is two levels deep, which its
 #: first two collections (young, then middle generation) untrack, so it
 #: never reaches the oldest generation, whose full passes pause requests.
-FlatTuple = tuple[Any, ...]
-#: In batched mode an item is one request's tuples (or the tuples of the
-#: other metrics of one export); a batch of them makes one POST.
 Tuples = tuple[FlatTuple, ...]
 Item = Payload | Tuples
 
@@ -183,9 +187,19 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         groups = [*requests_, others] if others else requests_
         if not self.per_request:
             # Through lists: see ``_recorder.flat_attributes``.
-            yield from (tuple([_flat(item) for item in group]) for group in groups)
+            yield from (tuple([flat_tuple(item) for item in group]) for group in groups)
             return
         for group in groups:
+            payload = self._generate(group)
+            if payload is not None:
+                yield payload
+
+    def _encode_records(self, records: Sequence[Record]) -> Iterator[Item]:
+        if not self.per_request:
+            # Through lists: see ``_records.flat_attributes``.
+            yield from (tuple(group) for group in record_flat_groups(records))
+            return
+        for group in record_groups(records):
             payload = self._generate(group)
             if payload is not None:
                 yield payload
@@ -308,12 +322,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self._sender.after_fork_in_child()
 
 
-def _flat(item: ContextTuple) -> FlatTuple:
-    return (*item, item.time_unix_nano, item.kind, *flat_attributes(item.attributes))
-
-
 def _context_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:
-    """The ContextTuple ``_flat`` flattened (as is if it is one already: a
+    """The ContextTuple ``flat_tuple`` flattened (as is if it is one already: a
     spool file written before batched mode buffered flat tuples)."""
     if isinstance(flat, ContextTuple):
         return flat

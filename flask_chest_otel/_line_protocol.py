@@ -53,6 +53,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 
 from ._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
+from ._records import Record, common_layout, record_point, trace_of
 from ._schema import DECORATED_TAGS, FieldValue, decorated_row
 from ._trace import point_trace
 
@@ -263,13 +264,7 @@ class LineEncoder:
                 text = format_field(value)
                 if text is not None:
                     cache_key = (metric_name, method, route)
-                    if cache_key in series:
-                        around = series[cache_key]
-                    else:
-                        around = self._decorated_series(metric_name, method, route)
-                        if len(series) >= _CACHE_LIMIT:
-                            series.clear()
-                        series[cache_key] = around
+                    around = series[cache_key] if cache_key in series else self._around(cache_key)
             if around is not None:
                 assert type(request_id) is str and text is not None  # for the type checker
                 escaped = _escape(request_id, _KEY) if special(request_id) else request_id
@@ -282,6 +277,39 @@ class LineEncoder:
                 line = self.line(row.measurement, row.tags, row.fields, row.time_unix_nano)
                 if line is not None:
                     yield line
+
+    def decorated_records(self, metric_name: str, records: Iterable[Record]) -> Iterator[str]:
+        """``decorated`` of the recorder's records of one variable, without
+        making their points where a record has the common layout
+        (``_records.common_layout``) and a finite int or float value."""
+        series = self._series
+        special = _KEY_SPECIAL
+        fast = bool(metric_name) and not self.request_id_field
+        for record in records:
+            layout = common_layout(record) if fast else None
+            value = record[2]
+            kind = type(value)
+            if layout is not None and (kind is float or kind is int):
+                request_id, method, route = layout
+                text = format_field(value)
+                cache_key = (metric_name, method, route)
+                around = series[cache_key] if cache_key in series else self._around(cache_key)
+                if text is not None and around is not None:
+                    escaped = _escape(request_id, _KEY) if special(request_id) else request_id
+                    trace = trace_of(record)
+                    if trace is not None:
+                        text += f',trace_id="{trace[0]}",span_id="{trace[1]}"'
+                    yield f"{around[0]}{escaped}{around[1]}{text} {record[4]}"
+                    continue
+            yield from self.decorated(metric_name, [record_point(record)])
+
+    def _around(self, cache_key: tuple[str, str, str]) -> tuple[str, str] | None:
+        """The cached series text of (variable, method, route), made if missing."""
+        around = self._decorated_series(*cache_key)
+        if len(self._series) >= _CACHE_LIMIT:
+            self._series.clear()
+        self._series[cache_key] = around
+        return around
 
     def _decorated_series(
         self, metric_name: str, method: str, route: str

@@ -1,7 +1,8 @@
 """The recording pipeline of the chests: an OpenTelemetry API meter whose
 gauges append each measurement, with its request's time, to one bounded
-queue, and a collector thread that turns the queue into MetricsData and hands
-each chest the points of the routes decorated with it.
+queue, and a collector thread that hands each chest's exporter the records
+of the routes decorated with it (``_records``: the exporters encode them
+without OpenTelemetry point objects where they can).
 
 Why not the SDK's aggregation for this: per-request points are unique
 attribute sets, which the SDK (1.45) stamps with the collection time, folds
@@ -23,64 +24,40 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
-from itertools import chain
+from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-from opentelemetry.sdk.metrics import Exemplar
-from opentelemetry.sdk.metrics.export import (
-    Gauge as GaugeData,
-)
-from opentelemetry.sdk.metrics.export import (
-    Metric,
-    MetricsData,
-    NumberDataPoint,
-    ResourceMetrics,
-    ScopeMetrics,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from typing import TYPE_CHECKING
 
 from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
-from ._names import ATTR_REQUEST_ID, SCOPE_NAME
+from ._names import ATTR_REQUEST_ID
 from ._pacing import background, pause_if_due, requests_seen
-from ._trace import SpanIds
+from ._records import (
+    RESOURCE,
+    SCOPE,
+    VERSION,
+    FlatAttributes,
+    Record,
+    attributes_of,
+    flat_attributes,
+)
 
 if TYPE_CHECKING:
     from ._chest import Chest
 
-VERSION = "0.1.0"
+__all__ = [
+    "RECORDER",
+    "VERSION",
+    "FlatAttributes",
+    "Record",
+    "Recorder",
+    "attributes_of",
+    "flat_attributes",
+]
 
-#: The collector hands over what it built after about this much work (the
+#: The collector hands over what it took after about this much work (the
 #: chests encode it on the same thread); it pauses more often than that, see
 #: ``_pacing``.
 HAND_OVER_SECONDS = 0.001
-
-#: (sink key, instrument name, value, attributes, time_unix_nano, span IDs or
-#: None). Every part is an atomic value or a flat tuple of them (the
-#: attributes as ``(key1, value1, key2, value2, ...)``, not a dict), so the
-#: garbage collector stops tracking a record in its young generations
-#: (tests/test_pipeline.py pins it): records that wait up to an export
-#: interval in the queue do not fill the oldest generation, whose full
-#: collections pause requests (p99 under gunicorn, docs/benchmarks.md).
-#: ``value`` is a bool, int or float (a text travels in the attribute
-#: ``flask_chest.value`` with value 1); the span IDs become the point's exemplar.
-FlatAttributes = tuple[Any, ...]
-Record = tuple[int, str, int | float, FlatAttributes, int, "SpanIds | None"]
-
-
-def flat_attributes(attributes: Mapping[str, Any]) -> FlatAttributes:
-    """``{k1: v1, k2: v2}`` as ``(k1, v1, k2, v2)``: see ``Record``."""
-    # Through a list: tuple() of an iterator grows the tuple, which moves it
-    # behind the record in the collector's list, so the record would be
-    # examined first, while its attributes are still tracked, and kept.
-    return tuple(list(chain.from_iterable(attributes.items())))
-
-
-def attributes_of(flat: FlatAttributes) -> dict[str, Any]:
-    """The dict ``flat_attributes`` flattened."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class Sink:
@@ -108,8 +85,8 @@ class Recorder:
     def __init__(self, max_pending: int = 500_000, collect_at: int = 20_000) -> None:
         self.max_pending = max_pending
         self.collect_at = collect_at
-        self.resource = Resource.create()
-        self.scope = InstrumentationScope(SCOPE_NAME, VERSION)
+        self.resource = RESOURCE
+        self.scope = SCOPE
         self.dropped = 0
         self._chests: weakref.WeakSet[Chest] = weakref.WeakSet()
         #: Every sink made, indexed by its key (one per decorator use).
@@ -195,7 +172,7 @@ class Recorder:
         """Hands every waiting measurement to its chests' exporters (no I/O
         here; a spooling exporter writes its file).
 
-        Hands over what it built about every ``HAND_OVER_SECONDS``, between
+        Hands over what it took about every ``HAND_OVER_SECONDS``, between
         two requests, never inside one; on the collector thread it pauses
         between records when due (``_pacing``). Returns how many
         measurements it took.
@@ -205,7 +182,7 @@ class Recorder:
             count = len(pending)
             if not count:
                 return 0
-            per_chest: dict[Chest, dict[str, list[NumberDataPoint]]] = {}
+            per_chest: dict[Chest, list[Record]] = {}
             pop = pending.popleft
             sinks = self._sinks
             clock = time.perf_counter
@@ -216,17 +193,11 @@ class Recorder:
                     record = pop()
                 except IndexError:  # _drop_oldest took some meanwhile (and counted them)
                     break
-                key, name, value, attributes, time_unix_nano, span_ids = record
-                exemplars = (
-                    [Exemplar({}, value, time_unix_nano, span_ids[1], span_ids[0])]
-                    if span_ids is not None
-                    else []
-                )
-                point = NumberDataPoint(
-                    attributes_of(attributes), 0, time_unix_nano, value, exemplars
-                )
-                for chest in sinks[key].chests:
-                    per_chest.setdefault(chest, {}).setdefault(name, []).append(point)
+                for chest in sinks[record[0]].chests:
+                    if chest in per_chest:
+                        per_chest[chest].append(record)
+                    else:
+                        per_chest[chest] = [record]
                 if left and clock() > hand_over_at and _request_ends(record, pending):
                     self._hand_over(per_chest)
                     per_chest = {}
@@ -236,27 +207,12 @@ class Recorder:
             self._hand_over(per_chest)
             return count
 
-    def _hand_over(self, per_chest: dict[Chest, dict[str, list[NumberDataPoint]]]) -> None:
-        for chest, by_name in per_chest.items():
+    def _hand_over(self, per_chest: dict[Chest, list[Record]]) -> None:
+        for chest, records in per_chest.items():
             try:
-                chest._receive(self._metrics_data(by_name))
+                chest._receive_records(records)
             except Exception:  # one chest's failure never skips the next
                 LOGGER.exception("%s: handing over measurements failed", chest.name)
-
-    def _metrics_data(self, by_name: dict[str, list[NumberDataPoint]]) -> MetricsData:
-        metrics = [
-            Metric(name=name, description="", unit="", data=GaugeData(data_points=points))
-            for name, points in by_name.items()
-        ]
-        return MetricsData(
-            resource_metrics=[
-                ResourceMetrics(
-                    resource=self.resource,
-                    scope_metrics=[ScopeMetrics(scope=self.scope, metrics=metrics, schema_url="")],
-                    schema_url="",
-                )
-            ]
-        )
 
     def forget(self, chest: Chest) -> None:
         self._chests.discard(chest)

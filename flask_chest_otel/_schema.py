@@ -117,16 +117,18 @@ def rows(
                 name = metric.name
                 for point in metric.data.data_points:
                     row = decorated_row(name, point)  # type: ignore[arg-type]
-                    if _keep(row):
+                    if keep(row):
                         yield row
         else:
             for metric in scope_metrics.metrics:
                 for row in build(metric, base, on_refused):
-                    if _keep(row):
+                    if keep(row):
                         yield row
 
 
-def _keep(row: Row) -> bool:
+def keep(row: Row) -> bool:
+    """Whether the row has a field left once non-finite values are left out
+    (which it then no longer holds)."""
     if all(_finite(value) for value in row.fields.values()):
         return True
     row.fields = {key: value for key, value in row.fields.items() if _finite(value)}

@@ -40,6 +40,7 @@ from ._line_protocol import (
     to_bytes,
     unescape,
 )
+from ._records import Record, by_name
 from ._schema import SCHEMAS, Schema, other_rows, scopes
 
 __all__ = ["FlaskChestInfluxDB", "InfluxDBMetricExporter"]
@@ -263,6 +264,12 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
                     text = line(row.measurement, row.tags, row.fields, row.time_unix_nano)
                     if text is not None:
                         yield to_bytes(text)
+
+    def _encode_records(self, records: Sequence[Record]) -> Iterator[bytes]:
+        decorated = self._encoder.decorated_records
+        for name, group in by_name(records).items():
+            for line in decorated(name, group):
+                yield to_bytes(line)
 
     def _item_size(self, item: bytes) -> int:
         return len(item) + 1

@@ -10,6 +10,7 @@ import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from math import isfinite
 from typing import Any
 
 from flask import Flask
@@ -18,7 +19,8 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._pacing import paced
-from ._schema import FieldValue, rows
+from ._records import Record, by_name, common_layout, record_point, trace_of
+from ._schema import FieldValue, Row, decorated_row, keep, rows
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
 
@@ -123,6 +125,47 @@ def _split(value: FieldValue) -> tuple[int | float | str, str | None, str]:
     if isinstance(value, int):
         return int(value), None, "int"
     return float(value), None, "float"
+
+
+#: value_type of a number, by its exact type (a subclass takes the slow path).
+_NUMBER_TYPES = {bool: "bool", int: "int", float: "float"}
+
+
+def _row_tuples(row: Row) -> Iterator[SQLiteRow]:
+    """The SQLite rows of one schema row: one per field."""
+    time_text = iso_time(row.time_unix_nano)
+    fields = row.fields
+    trace_id = span_id = None
+    if row.decorated:
+        tags = dict(row.tags)
+        request_id = _maybe(tags.pop("request_id", None))
+        method = _maybe(tags.pop("method", None))
+        route = _maybe(tags.pop("route", None))
+        if "trace_id" in fields:
+            fields = dict(fields)
+            trace_id = str(fields.pop("trace_id"))
+            span_id = str(fields.pop("span_id"))
+    else:
+        tags, request_id, method, route = row.tags, None, None, None
+    tags_json = _clean(json.dumps(tags, ensure_ascii=False, sort_keys=True)) if tags else None
+    name = _clean(row.measurement)
+    for field, field_value in fields.items():
+        value, text, kind = _split(field_value)
+        yield (
+            time_text,
+            row.time_unix_nano,
+            name,
+            _clean(field),
+            value,
+            text,
+            kind,
+            request_id,
+            method,
+            route,
+            tags_json,
+            trace_id,
+            span_id,
+        )
 
 
 def check_table(connection: sqlite3.Connection, table: str) -> list[str]:
@@ -238,40 +281,38 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
 
     def _encode(self, metrics_data: MetricsData) -> Iterator[SQLiteRow]:
         for row in rows(metrics_data):
-            time_text = iso_time(row.time_unix_nano)
-            fields = row.fields
-            trace_id = span_id = None
-            if row.decorated:
-                tags = dict(row.tags)
-                request_id = _maybe(tags.pop("request_id", None))
-                method = _maybe(tags.pop("method", None))
-                route = _maybe(tags.pop("route", None))
-                if "trace_id" in fields:
-                    fields = dict(fields)
-                    trace_id = str(fields.pop("trace_id"))
-                    span_id = str(fields.pop("span_id"))
-            else:
-                tags, request_id, method, route = row.tags, None, None, None
-            tags_json = (
-                _clean(json.dumps(tags, ensure_ascii=False, sort_keys=True)) if tags else None
-            )
-            name = _clean(row.measurement)
-            for field, field_value in fields.items():
-                value, text, kind = _split(field_value)
+            yield from _row_tuples(row)
+
+    def _encode_records(self, records: Sequence[Record]) -> Iterator[SQLiteRow]:
+        # The rows _encode gives for the records' MetricsData: by name, then
+        # record order; a finite number of the common layout without a point.
+        for name, group in by_name(records).items():
+            clean_name = _clean(name)
+            for record in group:
+                layout = common_layout(record)
+                value = record[2]
+                kind = _NUMBER_TYPES.get(type(value))
+                if layout is None or kind is None or (kind == "float" and not isfinite(value)):
+                    row = decorated_row(name, record_point(record))
+                    if keep(row):
+                        yield from _row_tuples(row)
+                    continue
+                request_id, method, route = layout
+                trace = trace_of(record)
+                time_unix_nano = record[4]
                 yield (
-                    time_text,
-                    row.time_unix_nano,
-                    name,
-                    _clean(field),
-                    value,
-                    text,
+                    iso_time(time_unix_nano),
+                    time_unix_nano,
+                    clean_name,
+                    "value",
+                    int(value) if kind == "bool" else value,
+                    None,
                     kind,
-                    request_id,
-                    method,
-                    route,
-                    tags_json,
-                    trace_id,
-                    span_id,
+                    _clean(request_id),
+                    _clean(method),
+                    _clean(route),
+                    None,
+                    *(trace or (None, None)),
                 )
 
     def _connect(self) -> sqlite3.Connection:

@@ -1,0 +1,177 @@
+"""The exporters' encoding straight from the recorder's records gives, for
+any record, the items the encoding of the MetricsData the records make gives;
+and the decorator's records take that path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, g
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+
+from flask_chest_otel import flask_chest
+from flask_chest_otel._http_exporter import HTTPPayloadMetricExporter
+from flask_chest_otel._names import (
+    ATTR_INDEX,
+    ATTR_METHOD,
+    ATTR_REQUEST_ID,
+    ATTR_ROUTE,
+    ATTR_STRING_VALUE,
+    ATTR_TIME,
+)
+from flask_chest_otel._recorder import RECORDER
+from flask_chest_otel._records import (
+    Record,
+    common_layout,
+    flat_attributes,
+    records_metrics_data,
+)
+from flask_chest_otel.influxdb import InfluxDBMetricExporter
+from flask_chest_otel.sqlite import SQLiteMetricExporter
+from flask_chest_otel.testing import RecordingChest
+
+_text = st.text(max_size=6)  # lone surrogates included
+_numbers = st.one_of(
+    st.floats(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+)
+_span_ids = st.none() | st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1))
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> list[Record]:
+    """Records as the decorator makes them: mostly the common layout, else
+    a text value, attributes of the view's own, no route, an empty or
+    non-text request ID, a provider's time attribute."""
+    records: list[Record] = []
+    for _ in range(draw(st.integers(1, 4))):  # requests
+        request_id = draw(st.sampled_from(["r1", "r2", ""]) | _text | st.integers(0, 3))
+        method = draw(st.sampled_from(["GET", "POST"]) | _text)
+        route = draw(st.sampled_from(["/", "/api"]) | _text | st.none())
+        time_unix_nano = draw(st.sampled_from([10**18, 2 * 10**18]) | st.integers(0, 2**63))
+        span_ids = draw(_span_ids)
+        names = draw(st.lists(st.sampled_from(["transaction", "rt", "", "a b,c=d"]), max_size=3))
+        for index, name in enumerate(names):
+            attributes: dict[str, Any] = {ATTR_REQUEST_ID: request_id, ATTR_METHOD: method}
+            if route is not None:
+                attributes[ATTR_ROUTE] = route
+            if draw(st.booleans()):
+                attributes.update(draw(st.dictionaries(_text, _text | _numbers, max_size=2)))
+            attributes[ATTR_INDEX] = index
+            value = draw(_numbers)
+            if draw(st.integers(0, 5)) == 0:
+                attributes[ATTR_STRING_VALUE], value = draw(_text), 1
+            if draw(st.integers(0, 9)) == 0:
+                attributes[ATTR_TIME] = draw(st.integers(0, 2**63))
+            records.append((0, name, value, flat_attributes(attributes), time_unix_nano, span_ids))
+    return records
+
+
+@pytest.fixture(scope="module")
+def influx_exporters() -> Any:
+    exporters = [
+        InfluxDBMetricExporter(url="http://127.0.0.1:9", bucket="b", custom_tags=tags, **options)
+        for tags in ({}, {"app": "x y", "route": "shadowed"})
+        for options in ({}, {"request_id_field": True})
+    ]
+    yield exporters
+    for exporter in exporters:
+        exporter.shutdown(timeout_millis=10)
+
+
+def _payload(tuples: list[Any]) -> Any:
+    return [[*item, item.attributes, item.time_unix_nano, item.kind] for item in tuples]
+
+
+@pytest.fixture(scope="module")
+def other_exporters(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    path = tmp_path_factory.mktemp("records") / "chest.sqlite3"
+    exporters = [
+        SQLiteMetricExporter(db_uri=str(path)),
+        HTTPPayloadMetricExporter(url="http://127.0.0.1:9/", payload_generator=_payload),
+        HTTPPayloadMetricExporter(
+            url="http://127.0.0.1:9/", payload_generator=_payload, per_request=False
+        ),
+    ]
+    yield exporters
+    for exporter in exporters:
+        exporter.shutdown(timeout_millis=10)
+
+
+def _same(left: list[Any], right: list[Any]) -> bool:
+    # By repr: True == 1 and NaN != NaN, but their reprs tell them apart.
+    return repr(left) == repr(right)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=_records())
+def test_records_encode_as_their_metrics_data(
+    records: list[Record], influx_exporters: Any, other_exporters: Any
+) -> None:
+    """Every exporter with its own record encoding gives exactly the items
+    (same order) of ``_encode`` on the MetricsData the records make."""
+    for exporter in [*influx_exporters, *other_exporters]:
+        fast = list(exporter._encode_records(records))
+        generic = list(exporter._encode(records_metrics_data(records)))
+        assert _same(fast, generic), exporter
+
+
+def test_the_decorator_records_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records a decorated route makes (numbers, traced or not) have the
+    common layout the exporters encode without points; a text value does not."""
+    seen: list[Record] = []
+    monkeypatch.setattr(RECORDER, "record_many", seen.extend)
+    chest = RecordingChest()
+    app = Flask(__name__)
+
+    @app.route("/items/<int:number>", methods=["GET", "POST"])
+    @flask_chest(chests=[chest], tracked_vars={"GET": ["a", "b"], "POST": ["text"]})
+    def items(number: int) -> str:
+        g.a, g.b, g.text = number, 0.5, "not a number"
+        return "ok"
+
+    tracer = TracerProvider().get_tracer(__name__)
+    client = app.test_client()
+    client.get("/items/1")
+    with tracer.start_as_current_span("traced"):
+        client.get("/items/2")
+    client.post("/items/3")
+    layouts = [common_layout(record) for record in seen]
+    assert [layout is not None for layout in layouts] == [True] * 4 + [False]
+    assert layouts[0] is not None and layouts[0][1:] == ("GET", "/items/<int:number>")
+    assert seen[0][5] is None and seen[2][5] is not None
+    chest.shutdown(timeout_millis=1000)
+
+
+def test_sqlite_rows_from_records_land_as_before(tmp_path: Path) -> None:
+    """Rows made from records are written and read back like any other."""
+    exporter = SQLiteMetricExporter(db_uri=str(tmp_path / "c.sqlite3"))
+    records: list[Record] = [
+        (0, "transaction", 1, flat_attributes(
+            {ATTR_REQUEST_ID: "r", ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 0}
+        ), 10**18, (1, 2)),
+        (0, "ok", True, flat_attributes(
+            {ATTR_REQUEST_ID: "r", ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 1}
+        ), 10**18, None),
+    ]  # fmt: skip
+    exporter.export_records(records)
+    assert exporter.force_flush(10_000)
+    import sqlite3
+
+    connection = sqlite3.connect(tmp_path / "c.sqlite3")
+    got = connection.execute(
+        "SELECT name, value, value_type, request_id, trace_id, span_id, time FROM flask_chest"
+    ).fetchall()
+    connection.close()
+    exporter.shutdown()
+    assert got == [
+        ("transaction", 1, "int", "r", f"{1:032x}", f"{2:016x}", "2001-09-09T01:46:40.000000000Z"),
+        ("ok", 1, "bool", "r", None, None, "2001-09-09T01:46:40.000000000Z"),
+    ]
+    assert json.dumps(got)
