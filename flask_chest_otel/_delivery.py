@@ -40,7 +40,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 
-from ._pacing import background, paced, pause_if_due
+from ._pacing import background, paced, pacing, pause_if_due
 from ._records import Record, records_metrics_data
 from ._spool import Spool
 from .environment_variables import FLASK_CHEST_EXIT_TIMEOUT, FLASK_CHEST_SPOOL_DIR
@@ -257,6 +257,11 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         spool_max_bytes: the spool file's bound (default ``max_buffer_bytes``);
             beyond it the oldest items are dropped and counted.
     """
+
+    #: The largest batch while the sender is paced (``_pacing``): for an
+    #: exporter whose ``_send`` runs C code holding the GIL in proportion to
+    #: the batch (``json.dumps``), so that requests never wait long behind it.
+    paced_batch_items: int | None = None
 
     def __init__(
         self,
@@ -700,7 +705,10 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 break
-            batch = self._take(min(limit, narrowing) if narrowing else limit)
+            size = limit
+            if self.paced_batch_items is not None and pacing():
+                size = min(size, self.paced_batch_items)
+            batch = self._take(min(size, narrowing) if narrowing else size)
             if not batch:
                 break
             try:

@@ -34,6 +34,10 @@ PayloadGenerator = Callable[[Any], Any]
 DEFAULT_SUCCESS_STATUS_CODES = (200, 201, 202, 204)
 #: Most requests one batched POST carries.
 MAX_BATCH_REQUESTS = 10_000
+#: ... while the app is serving requests (``_pacing``): the payload's
+#: ``json.dumps`` holds the GIL throughout, about 1 ms for 500 requests of
+#: two variables, 6 ms for 2,500 (the sample app's share of one export).
+PACED_BATCH_REQUESTS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +80,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         per_request: True (default, flask-chest's behaviour): one generator
             call and one POST per request, at export time. False: one call
             and one POST per batch of buffered requests (up to 10,000), at
-            send time; a batch refused with 400 is narrowed down to the
-            requests the server refuses.
+            send time (up to 500 while the app is serving requests, so that
+            making a POST's JSON holds the GIL about 1 ms at most with the
+            sample generator);
+            a batch refused with 400 is narrowed down to the requests the
+            server refuses.
         headers, params, proxies, verify: as in ``requests.post``; ``verify``
             defaults to True. A header value outside Latin-1, which HTTP
             cannot carry, raises ValueError here, without its value; one with
@@ -160,6 +167,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         )
         self.payload_generator = payload_generator
         self.per_request = per_request
+        if not per_request:
+            self.paced_batch_items = PACED_BATCH_REQUESTS
         self.params = params
         self.proxies = self._sender.proxies or None
         self.verify = verify

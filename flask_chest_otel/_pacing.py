@@ -59,6 +59,12 @@ def background(paced: bool) -> None:
     _local.until = _clock() + SLICE_SECONDS if paced else None
 
 
+def pacing() -> bool:
+    """Whether the calling thread pauses in its loops now: it is paced and
+    requests are being served."""
+    return getattr(_local, "until", None) is not None and _clock() <= _busy_until
+
+
 def pause_if_due() -> None:
     """Sleeps ``PAUSE_SECONDS`` if this thread is paced and its slice is over."""
     until = getattr(_local, "until", None)

@@ -29,6 +29,9 @@ from opentelemetry.sdk.metrics.export import Gauge as GaugeData
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from flask_chest_otel import _pacing
+from flask_chest_otel._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
+from flask_chest_otel._records import Record, flat_attributes
 from flask_chest_otel.http_payload import (
     ContextTuple,
     FlaskChestCustomWriter,
@@ -37,6 +40,7 @@ from flask_chest_otel.http_payload import (
     parse_retry_after,
 )
 
+from .conftest import wait_for
 from .http_sink import HTTPSink, Reply
 
 SCOPE = InstrumentationScope("flask_chest_otel", "0.1.0")
@@ -243,6 +247,32 @@ def test_batched_mode_buffers_nothing_the_garbage_collector_must_track(
         (("response_time", "slow", "r1"), {"method": "POST", "route": "/"}, T0, "gauge"),
     ]
     assert all(type(item) is ContextTuple for item in seen)
+
+
+def test_while_requests_are_served_batched_posts_hold_at_most_500_requests(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Making a POST's JSON holds the GIL throughout (``json.dumps``, about
+    6 ms for 2,500 requests): while the app serves requests, the sender's
+    batches are small; idle, one POST takes every request."""
+    records: list[Record] = [
+        (0, "transaction", 1, flat_attributes({ATTR_REQUEST_ID: f"r{number}",
+         ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 0}), T0 + number, None)
+        for number in range(1_200)
+    ]  # fmt: skip
+    exporter = make_exporter(
+        per_request=False, payload_generator=json_payload, flush_interval=0.05
+    )
+    _pacing.requests_seen(60.0)
+    try:
+        exporter.export_records(records)
+        assert wait_for(lambda: exporter.stats.exported == 1_200)
+    finally:
+        _pacing._busy_until = 0.0
+    assert [len(post.json()) for post in sink.posts()] == [500, 500, 200]
+    exporter.export_records(records)
+    assert wait_for(lambda: exporter.stats.exported == 2_400)
+    assert [len(post.json()) for post in sink.posts()][3:] == [1_200]
 
 
 def test_other_otel_metrics_become_one_tuple_per_point_without_request_id(
