@@ -157,9 +157,11 @@ def influx_rows(text: str | None) -> list[Row]:
     }
     ours_enc = _pick(rates, "encode: flask_chest_otel")
     point = _pick(rates, "encode: influxdb_client.Point")
-    e2e = _pick(rates, "end-to-end: exporter")
+    e2e = _pick(rates, "end-to-end: exporter (")
+    e2e_raw = _pick(rates, "end-to-end: exporter without gzip")
     plain_gzip = _pick(rates, "end-to-end: influxdb-client SYNCHRONOUS, lines ready, gzip")
     plain_raw = _pick(rates, "end-to-end: influxdb-client SYNCHRONOUS, lines ready, no gzip")
+    with_point = _pick(rates, "end-to-end: influxdb-client SYNCHRONOUS, Point")
     plain = max(plain_gzip, plain_raw)
     return [
         ("export: InfluxDB", "line protocol encoding", f"{ours_enc:,.0f} points/s",
@@ -171,6 +173,12 @@ def influx_rows(text: str | None) -> list[Row]:
         ("", "  influxdb-client SYNCHRONOUS, 5000/batch, gzip", f"{plain_gzip:,.0f} points/s",
          "", "", "", ""),
         ("", "  the same without gzip", f"{plain_raw:,.0f} points/s", "", "", "", ""),
+        ("", "  like for like: both gzip", "", "client, lines ready",
+         f"{e2e / plain_gzip:.2f}", "", ""),
+        ("", "  like for like: neither gzip", f"{e2e_raw:,.0f} points/s", "client, lines ready",
+         f"{e2e_raw / plain_raw:.2f}", "", ""),
+        ("", "  against the client making lines with Point", f"{with_point:,.0f} points/s",
+         "client, Point", f"{e2e / with_point:.2f}", "", ""),
     ]  # fmt: skip
 
 
