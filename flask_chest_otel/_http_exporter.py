@@ -79,12 +79,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             it fails on are skipped.
         per_request: True (default, flask-chest's behaviour): one generator
             call and one POST per request, at export time. False: one call
-            and one POST per batch of buffered requests (up to 10,000), at
-            send time (up to 500 while the app is serving requests, so that
-            making a POST's JSON holds the GIL about 1 ms at most with the
-            sample generator);
-            a batch refused with 400 is narrowed down to the requests the
-            server refuses.
+            and one POST per batch of buffered requests (up to 10,000; 500
+            while the app is serving requests, as making a POST's JSON holds
+            the GIL, about 1 ms for 500 with the sample generator), at send
+            time; a batch refused with 400 is narrowed down to the requests
+            the server refuses.
         headers, params, proxies, verify: as in ``requests.post``; ``verify``
             defaults to True. A header value outside Latin-1, which HTTP
             cannot carry, raises ValueError here, without its value; one with
@@ -195,20 +194,21 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         requests_, others = context_tuples(metrics_data, self._warn_unsupported)
         groups = [*requests_, others] if others else requests_
         if not self.per_request:
-            # Through lists: see ``_recorder.flat_attributes``.
+            # Through lists: see ``_records.flat_attributes``.
             yield from (tuple([flat_tuple(item) for item in group]) for group in groups)
             return
-        for group in groups:
-            payload = self._generate(group)
-            if payload is not None:
-                yield payload
+        yield from self._payloads(groups)
 
     def _encode_records(self, records: Sequence[Record]) -> Iterator[Item]:
         if not self.per_request:
-            # Through lists: see ``_records.flat_attributes``.
             yield from (tuple(group) for group in record_flat_groups(records))
             return
-        for group in record_groups(records):
+        yield from self._payloads(record_groups(records))
+
+    def _payloads(self, groups: list[list[ContextTuple]]) -> Iterator[Payload]:
+        """Per-request mode: one payload per group (a request's tuples, or
+        the other metrics')."""
+        for group in groups:
             payload = self._generate(group)
             if payload is not None:
                 yield payload

@@ -4,8 +4,8 @@ The collector hands each chest's exporter the records of its routes as they
 are (``BufferedExporter.export_records``). The InfluxDB, SQLite and HTTP
 exporters encode the decorator's common layout straight from a record, with
 no OpenTelemetry point object, attribute dict or exemplar made on the way
-(about a third of the collector's CPU, docs/benchmarks.md); any other record,
-and any other exporter, goes through the ``MetricsData`` that
+(about half the collector's CPU per request, docs/benchmarks.md); any other
+record, and any other exporter, goes through the ``MetricsData`` that
 ``records_metrics_data`` builds, exactly as the records say.
 """
 
