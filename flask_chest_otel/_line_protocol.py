@@ -148,6 +148,21 @@ def format_field(value: FieldValue) -> str | None:
     raise TypeError(f"a field value must be float, int, bool or str, not {kind.__name__}")
 
 
+def _series_line(
+    around: tuple[str, str],
+    request_id: str,
+    value_text: str,
+    trace: tuple[str, str] | None,
+    time_unix_nano: int,
+) -> str:
+    """A decorated variable's line from its series' cached text around the
+    request ID (``LineEncoder._around``), its field value and trace."""
+    escaped = _escape(request_id, _KEY) if _KEY_SPECIAL(request_id) else request_id
+    if trace is not None:
+        value_text += f',trace_id="{trace[0]}",span_id="{trace[1]}"'
+    return f"{around[0]}{escaped}{around[1]}{value_text} {time_unix_nano}"
+
+
 def to_bytes(line: str) -> bytes:
     try:
         return line.encode()
@@ -240,7 +255,6 @@ class LineEncoder:
         three string attributes (and its index; the common case) and a
         finite int or float."""
         series = self._series
-        special = _KEY_SPECIAL
         fast = not self.request_id_field
         for point in points:
             attributes = point.attributes or {}
@@ -267,11 +281,8 @@ class LineEncoder:
                     around = series[cache_key] if cache_key in series else self._around(cache_key)
             if around is not None:
                 assert type(request_id) is str and text is not None  # for the type checker
-                escaped = _escape(request_id, _KEY) if special(request_id) else request_id
                 trace = point_trace(point) if point.exemplars else None
-                if trace is not None:
-                    text += f',trace_id="{trace[0]}",span_id="{trace[1]}"'
-                yield f"{around[0]}{escaped}{around[1]}{text} {point.time_unix_nano}"
+                yield _series_line(around, request_id, text, trace, point.time_unix_nano)
             else:
                 row = decorated_row(metric_name, point, self.request_id_field)
                 line = self.line(row.measurement, row.tags, row.fields, row.time_unix_nano)
@@ -283,7 +294,6 @@ class LineEncoder:
         making their points where a record has the common layout
         (``_records.common_layout``) and a finite int or float value."""
         series = self._series
-        special = _KEY_SPECIAL
         fast = bool(metric_name) and not self.request_id_field
         for record in records:
             layout = common_layout(record) if fast else None
@@ -295,11 +305,7 @@ class LineEncoder:
                 cache_key = (metric_name, method, route)
                 around = series[cache_key] if cache_key in series else self._around(cache_key)
                 if text is not None and around is not None:
-                    escaped = _escape(request_id, _KEY) if special(request_id) else request_id
-                    trace = trace_of(record)
-                    if trace is not None:
-                        text += f',trace_id="{trace[0]}",span_id="{trace[1]}"'
-                    yield f"{around[0]}{escaped}{around[1]}{text} {record[4]}"
+                    yield _series_line(around, request_id, text, trace_of(record), record[4])
                     continue
             yield from self.decorated(metric_name, [record_point(record)])
 

@@ -88,6 +88,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ._delivery import RateLimitedLog
 from ._names import SCOPE_NAME
+from ._trace import hex_ids
 
 if TYPE_CHECKING:
     from ._schema import FieldValue, Row, Schema
@@ -349,12 +350,12 @@ def exemplar_rows(name: str, point: AnyPoint, on_refused: RefusalHook) -> Iterat
         if type(value) not in (int, float):
             on_refused(name, f"an exemplar value of type {type(value).__name__}")
             continue
-        if not exemplar.trace_id or not exemplar.span_id:
+        trace = hex_ids(exemplar.trace_id, exemplar.span_id)
+        if trace is None:
             continue
         tags: dict[str, str] = {}
         _add_attributes(tags, exemplar.filtered_attributes)
-        tags["trace_id"] = format(exemplar.trace_id, "032x")
-        tags["span_id"] = format(exemplar.span_id, "016x")
+        tags["trace_id"], tags["span_id"] = trace
         yield Row(f"{name}_exemplar", tags, {"gauge": value}, exemplar.time_unix_nano)
 
 

@@ -32,8 +32,6 @@ from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
 from ._names import ATTR_REQUEST_ID
 from ._pacing import background, pause_if_due, requests_seen
 from ._records import (
-    RESOURCE,
-    SCOPE,
     VERSION,
     FlatAttributes,
     Record,
@@ -85,8 +83,6 @@ class Recorder:
     def __init__(self, max_pending: int = 500_000, collect_at: int = 20_000) -> None:
         self.max_pending = max_pending
         self.collect_at = collect_at
-        self.resource = RESOURCE
-        self.scope = SCOPE
         self.dropped = 0
         self._chests: weakref.WeakSet[Chest] = weakref.WeakSet()
         #: Every sink made, indexed by its key (one per decorator use).

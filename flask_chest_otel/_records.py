@@ -29,7 +29,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SCOPE_NAME
 from ._pacing import paced
-from ._trace import SpanIds
+from ._trace import SpanIds, hex_ids
 
 VERSION = "0.1.0"
 
@@ -86,9 +86,7 @@ def trace_of(record: Record) -> tuple[str, str] | None:
     """The record's (trace_id, span_id) as ``_trace.point_trace`` gives them
     for its point."""
     span_ids = record[5]
-    if span_ids is None or not (span_ids[0] and span_ids[1]):
-        return None
-    return format(span_ids[0], "032x"), format(span_ids[1], "016x")
+    return None if span_ids is None else hex_ids(*span_ids)
 
 
 def record_point(record: Record) -> NumberDataPoint:

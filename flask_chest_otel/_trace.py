@@ -30,6 +30,15 @@ def point_trace(point: NumberDataPoint) -> tuple[str, str] | None:
     """(trace_id, span_id) of a point's first exemplar that names a trace,
     as the lower-case hex of W3C trace context (32 and 16 characters)."""
     for exemplar in point.exemplars or ():
-        if exemplar.trace_id and exemplar.span_id:
-            return format(exemplar.trace_id, "032x"), format(exemplar.span_id, "016x")
+        trace = hex_ids(exemplar.trace_id, exemplar.span_id)
+        if trace is not None:
+            return trace
     return None
+
+
+def hex_ids(trace_id: int | None, span_id: int | None) -> tuple[str, str] | None:
+    """(trace_id, span_id) as the lower-case hex of W3C trace context (32 and
+    16 characters); None unless both are set."""
+    if not (trace_id and span_id):
+        return None
+    return format(trace_id, "032x"), format(span_id, "016x")
