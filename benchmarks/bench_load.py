@@ -48,6 +48,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import ROOT, cust_payload_generator, sample_view  # noqa: E402
 from flask import Flask  # noqa: E402
+from lean_sink import LeanSink  # noqa: E402
 
 from tests.http_sink import HTTPSink  # noqa: E402
 from tests.servers import free_port, stop_process  # noqa: E402
@@ -255,7 +256,7 @@ def _latency(out: str, label: str) -> float:
 # -- read-back -------------------------------------------------------------------
 
 
-def _sink_request_ids(sink: HTTPSink, path: str) -> set[str]:
+def _sink_request_ids(sink: HTTPSink | LeanSink, path: str) -> set[str]:
     """Request IDs in the bodies POSTed to ``path``: JSON ``{i: [name, value,
     id]}`` (ours) or the same form-encoded (flask-chest 0.0.10)."""
     ids: set[str] = set()
@@ -289,7 +290,9 @@ def _sqlite_request_ids(path: str) -> set[str]:
         connection.close()
 
 
-def delivered(variant: str, influx_url: str, sink: HTTPSink, sqlite_path: str) -> dict[str, int]:
+def delivered(
+    variant: str, influx_url: str, sink: HTTPSink | LeanSink, sqlite_path: str
+) -> dict[str, int]:
     """Distinct request IDs each target of ``variant`` holds."""
     if variant == "sqlite":
         return {"SQLite": len(_sqlite_request_ids(sqlite_path))}
@@ -302,13 +305,15 @@ def delivered(variant: str, influx_url: str, sink: HTTPSink, sqlite_path: str) -
 # -- the run ---------------------------------------------------------------------
 
 
-def run(rounds: int, seconds: float, variants: list[str], delay_ms: float = 0.0) -> dict[str, Any]:
+def run(
+    rounds: int, seconds: float, variants: list[str], delay_ms: float = 0.0, sink_kind: str = "lean"
+) -> dict[str, Any]:
     results: dict[str, Any] = {name: {"runs": []} for name in variants}
     served = dict.fromkeys(variants, 0)
     with (
         tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
         start_victoria_metrics(Path(tmp) / "vm") as vm,
-        HTTPSink() as sink,
+        (LeanSink() if sink_kind == "lean" else HTTPSink()) as sink,
         contextlib.ExitStack() as stack,
     ):
         influx_url = vm.url
@@ -393,12 +398,16 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
+        "--sink", choices=("lean", "threaded"), default="lean",
+        help="the custom writer's endpoint: lean_sink.py, or the tests' threaded http.server",
+    )  # fmt: skip
+    parser.add_argument(
         "--delay-ms", type=float, default=0.0,
         help="each connection waits this long before each request (below saturation)",
     )  # fmt: skip
     args = parser.parse_args()
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
-    results = run(rounds, seconds, args.variants.split(","), args.delay_ms)
+    results = run(rounds, seconds, args.variants.split(","), args.delay_ms, args.sink)
     print(json.dumps(results) if args.json else table(results))
 
 

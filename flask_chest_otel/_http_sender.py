@@ -5,7 +5,9 @@
 five times a raw keep-alive ``http.client`` POST (request preparation, an
 environment look-up per call, urllib3's layers). So the request is prepared
 once, by requests itself, into a byte template, and each POST is one
-``sendall`` on a kept-alive socket and one ``http.client`` response read.
+``sendall`` on a kept-alive socket and one answer read by ``_http_response``
+(``http.client``'s reader would cost as much again: it parses headers with
+``email.parser``).
 Through a proxy, or with a user's ``Session``, the POST goes through requests.
 
 The direct path also bounds a whole send by ``timeout``: each socket
@@ -15,8 +17,6 @@ hold it longer.
 
 from __future__ import annotations
 
-import http.client
-import io
 import os
 import re
 import select
@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from ._http import safe_url
+from ._http_response import AnswerError, read_answer
 
 #: Longest excerpt of a response body or an error put in a log line.
 EXCERPT = 200
@@ -133,37 +134,6 @@ def reason(exc: BaseException, scrub: Scrubber) -> str:
     if len(text) > EXCERPT:
         text = text[: EXCERPT // 2] + " ... " + text[-EXCERPT // 2 :]
     return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket reader whose every read gets only the time left before the
-    deadline, so that a trickling answer cannot outlast it."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self._sock = sock
-        self.deadline = deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("timed out")
-        self._sock.settimeout(remaining)
-        return self._sock.recv_into(buffer)
-
-
-class _SocketForResponse:
-    """What ``http.client.HTTPResponse`` needs of a socket: ``makefile``."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
-
-    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
 
 
 class Sender:
@@ -284,23 +254,18 @@ class Sender:
             self._sock = sock
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(message)
-            response = http.client.HTTPResponse(
-                _SocketForResponse(sock, deadline),  # type: ignore[arg-type]
-                method="POST",
-            )
-            response.begin()
-            content = response.read()
-            status = response.status
-            retry_after = response.getheader("Retry-After")
-            location = response.getheader("Location")
-            if response.will_close:
+            answer = read_answer(sock, deadline, EXCERPT)
+            if answer.will_close:
                 self.close()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, AnswerError) as exc:
             self.close()
             if isinstance(exc, TimeoutError):
                 raise SendError(f"no answer within {self.total_timeout:g} s", True) from None
             raise SendError(reason(exc, self.scrub), True) from None
-        return Answer(status, retry_after, location, content[:EXCERPT])
+        headers = answer.headers
+        return Answer(
+            answer.status, headers.get("retry-after"), headers.get("location"), answer.excerpt
+        )
 
     def _connect(self, deadline: float) -> socket.socket:
         timeout = min(self._connect_timeout, max(deadline - time.monotonic(), 0.001))
