@@ -18,9 +18,9 @@ rules as ``http.client`` (RFC 9112 section 6.3):
   ``Connection: keep-alive``, after ``Connection: close``, after a body read
   to its end, and when bytes follow the answer (a confused server).
 
-Every read gets only the time left before the caller's deadline, so a server
-answering a byte at a time cannot outlast it. Limits as ``http.client``'s: a
-line of at most 64 KiB, at most 100 headers.
+Every read gets only the time left before the caller's deadline (give or
+take 10 ms), so a server answering a byte at a time cannot outlast it.
+Limits as ``http.client``'s: a line of at most 64 KiB, at most 100 headers.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from dataclasses import dataclass
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
 _READ_SIZE = 65536
+#: A read may wait this much past the deadline rather than reset the timeout.
+_SLACK = 0.01
 
 
 class AnswerError(Exception):
@@ -61,7 +63,9 @@ class _Reader:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out")
-        self.sock.settimeout(remaining)
+        timeout = self.sock.gettimeout()
+        if timeout is None or timeout - remaining > _SLACK:  # each settimeout is a syscall
+            self.sock.settimeout(remaining)
         data = self.sock.recv(_READ_SIZE)
         self.buffer += data
         self.received += len(data)

@@ -19,6 +19,9 @@ from typing import Any
 
 _JSON_TYPES = (dict, list, tuple, int, float, bool, type(None))
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+#: Compact JSON; one encoder for every payload (``json.dumps`` with options
+#: builds one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def json_payload(context_tuple_list: Sequence[tuple[str, Any, str | None]]) -> list[dict[str, Any]]:
@@ -62,11 +65,9 @@ def serialise(result: Any) -> tuple[bytes, bool]:
         return _utf8(result), False
     if isinstance(result, _JSON_TYPES):
         try:
-            text = json.dumps(result, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            text = _ENCODER.encode(result)
         except ValueError:  # a NaN or an infinity somewhere
-            text = json.dumps(
-                _finite(result), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            )
+            text = _ENCODER.encode(_finite(result))
         return _utf8(text), True
     raise TypeError(
         f"payload_generator returned a {type(result).__name__}; expected a JSON-serialisable "

@@ -510,6 +510,20 @@ def test_429_and_5xx_are_retried_until_delivered(
     assert exporter.stats.dropped == 0
 
 
+def test_a_retry_in_the_middle_of_a_batch_resends_only_what_was_not_delivered(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Per request, a batch is many POSTs: a 503 on the third must not send
+    the first two again (each request arrives once)."""
+    sink.script(Reply(200), Reply(200), Reply(503, b"busy", {"Retry-After": "0"}))
+    exporter = make_exporter(retry_initial=0.05)
+    requests_ = [(f"r{number}", [("transaction", number)]) for number in range(5)]
+    assert deliver(exporter, recorded(*requests_))
+    ids = [post.json()["0"][2] for post in sink.posts()]
+    assert ids == ["r0", "r1", "r2", "r2", "r3", "r4"], ids
+    assert exporter.stats.exported == 5 and exporter.stats.dropped == 0
+
+
 def _gap(sink: HTTPSink) -> float:
     first, second = sink.posts()[:2]
     return second.received - first.received
