@@ -10,7 +10,7 @@ SQLite files at the end). "backends us/req" is the CPU the backends spent
 per request meanwhile (VictoriaMetrics, and the HTTP sink's threads in this
 process): they share the 2 cores with the workers, which prometheus'
 variant does not pay for. Medians over rounds with min-max spread; ratios
-against prometheus-flask-exporter from the same rounds.
+against prometheus-flask-exporter are the medians of each round's ratio.
 
 Variants: ``plain`` (no instrumentation), ``prometheus``
 (prometheus-flask-exporter), ``otel`` (opentelemetry-instrumentation-flask
@@ -361,6 +361,15 @@ def run(
     return results
 
 
+def round_ratio(result: dict[str, Any], base: dict[str, Any], key: str) -> float:
+    """The median over rounds of ``result``'s ``key`` against ``base``'s in
+    the same round: the rounds interleave the variants, so a round's ratio
+    cancels what the host did between rounds (in one run prometheus' req/s
+    spread over 2,042-3,574)."""
+    pairs = zip(result["runs"], base["runs"], strict=True)
+    return statistics.median(ours[key] / theirs[key] for ours, theirs in pairs)
+
+
 def table(results: dict[str, Any]) -> str:
     base = results.get("prometheus")
     lines = [
@@ -376,7 +385,7 @@ def table(results: dict[str, Any]) -> str:
         ratios = "-"
         if base is not None and name != "prometheus":
             ratios = ", ".join(
-                f"{result[key]['median'] / base[key]['median']:.2f}x"
+                f"{round_ratio(result, base, key):.2f}x"
                 for key in ("rps", "p99_ms", "cpu_us_per_request")
             )
         got = result.get("delivered")

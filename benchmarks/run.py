@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import http_sink, victoria_metrics  # noqa: E402
+from bench_load import round_ratio  # noqa: E402
 
 RESULTS = HERE / "results" / "latest.json"
 
@@ -282,9 +283,10 @@ HALF_RATE_DELAY_MS = 2
 def load_rows(
     results: dict[str, Any], section: str = "load: gunicorn -w 2 + wrk", targets: bool = True
 ) -> list[Row]:
-    """gunicorn sync -w 2 + wrk: each variant against prometheus-flask-exporter
-    (targets of issue 15 for our modes, at saturation: req/s >= 0.9x, p99 <=
-    1.5x; below it, the same figures without targets)."""
+    """gunicorn sync -w 2 + wrk: each variant against prometheus-flask-exporter,
+    as the median of each round's ratio (targets of issue 15 for our modes, at
+    saturation: req/s >= 0.9x, p99 <= 1.5x; below it, the same figures
+    without targets)."""
     base = results["prometheus"]
     rows: list[Row] = []
 
@@ -302,7 +304,7 @@ def load_rows(
             ("p99_ms", "p99 ms", 2, 1.5),
             ("cpu_us_per_request", "worker CPU us/request", 0, None),
         ):
-            ratio = result[key]["median"] / base[key]["median"]
+            ratio = round_ratio(result, base, key)
             verdict = ""
             if ours and target is not None:
                 met = ratio >= target if key == "rps" else ratio <= target
