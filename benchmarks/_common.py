@@ -67,11 +67,13 @@ def victoria_metrics() -> Iterator[str]:
 
 @contextlib.contextmanager
 def http_sink() -> Iterator[str]:
-    """The test suite's threaded HTTP sink, in its own process (so that its
+    """The lean HTTP endpoint (``lean_sink.py``: the custom writer's endpoint
+    stands for a remote service, see there), in its own process (so that its
     CPU and memory are not the benchmark's); yields its URL."""
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "http_sink.py")], stdout=subprocess.PIPE, text=True
-    )
+        [sys.executable, str(ROOT / "benchmarks" / "lean_sink.py")], stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()

@@ -12,11 +12,15 @@ that matters here. It is still a real server on a real socket: keep-alive,
 pipelined requests, bodies split over many reads, and it answers ``411`` to a
 chunked body it does not decode. ``bench_load.py --sink threaded`` runs the
 old sink for comparison.
+
+Run as a script (``python benchmarks/lean_sink.py``) it serves until killed,
+keeping only counts, and prints its URL on stdout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from dataclasses import dataclass
@@ -66,11 +70,14 @@ class _Connection(asyncio.Protocol):
             start = end + 4
             if len(buffer) < start + length:
                 return
+            answer = _OK
             if method == "POST":
                 body = bytes(buffer[start : start + length])
                 self.sink._keep(Posted(target.split("?", 1)[0], body))
+            elif target == "/__count":
+                answer = self.sink._count_answer()
             del buffer[: start + length]
-            self.transport.write(_OK)
+            self.transport.write(answer)
 
 
 def _head(head: bytes) -> tuple[str, str, int, bool]:
@@ -90,9 +97,12 @@ def _head(head: bytes) -> tuple[str, str, int, bool]:
 
 class LeanSink:
     """The server; use as a context manager. ``posts(path)`` are the POSTs
-    received on ``path``, in order."""
+    received on ``path``, in order (``record=False`` keeps only counts);
+    ``GET /__count`` answers ``{"posts": N, "bytes": N}``."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: bool = True) -> None:
+        self.record = record
+        self._count = [0, 0]
         self._posted: list[Posted] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -106,7 +116,15 @@ class LeanSink:
 
     def _keep(self, posted: Posted) -> None:
         with self._lock:
-            self._posted.append(posted)
+            self._count[0] += 1
+            self._count[1] += len(posted.body)
+            if self.record:
+                self._posted.append(posted)
+
+    def _count_answer(self) -> bytes:
+        with self._lock:
+            body = json.dumps({"posts": self._count[0], "bytes": self._count[1]}).encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
     def posts(self, path: str | None = None) -> list[Posted]:
         with self._lock:
@@ -128,3 +146,16 @@ class LeanSink:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+
+
+def main() -> None:
+    with LeanSink(record=False) as sink:
+        print(sink.url, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
