@@ -1,5 +1,6 @@
-"""Under real load: gunicorn sync workers (``-w 2``) behind wrk (POST, 4
-connections), for the peers and every mode of ours, in interleaved rounds.
+"""Under real load: gunicorn sync workers (``-w 2``; ``--worker-class
+gthread`` for threaded ones) behind wrk (POST, 4 connections), for the peers
+and every mode of ours, in interleaved rounds.
 
 Per variant: requests/s, p50 and p99 latency (wrk), the total CPU of the
 worker processes per request served (every thread: request handling and
@@ -59,6 +60,8 @@ VARIANTS = ["plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batche
 DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request"}
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
+#: Threads of each gthread worker.
+GTHREAD_THREADS = 4
 
 
 # -- the app of each variant (built inside each gunicorn worker) ---------------
@@ -146,12 +149,14 @@ def gunicorn(
     env: dict[str, str],
     app: str = "bench_load:app_from_env()",
     directory: Path = HERE,
+    worker_class: str = "sync",
 ) -> Iterator[tuple[str, int]]:
-    """``variant`` under gunicorn sync ``-w 2`` (``app`` from ``directory``);
-    yields (URL, master pid)."""
+    """``variant`` under gunicorn ``-w 2``, sync workers or gthread with 4
+    threads each (``app`` from ``directory``); yields (URL, master pid)."""
     port = free_port()
+    threads = ["--threads", str(GTHREAD_THREADS)] if worker_class == "gthread" else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync",
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, *threads,
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
          "--chdir", str(directory), app],
         env={**os.environ, **env, "BENCH_VARIANT": variant}, stdout=subprocess.DEVNULL,
@@ -306,7 +311,12 @@ def delivered(
 
 
 def run(
-    rounds: int, seconds: float, variants: list[str], delay_ms: float = 0.0, sink_kind: str = "lean"
+    rounds: int,
+    seconds: float,
+    variants: list[str],
+    delay_ms: float = 0.0,
+    sink_kind: str = "lean",
+    worker_class: str = "sync",
 ) -> dict[str, Any]:
     results: dict[str, Any] = {name: {"runs": []} for name in variants}
     served = dict.fromkeys(variants, 0)
@@ -320,7 +330,10 @@ def run(
         sqlite_path = str(Path(tmp) / "chest.sqlite3")
         env = {"BENCH_INFLUX_URL": influx_url, "BENCH_SINK_URL": sink.url,
                "BENCH_SQLITE": sqlite_path, "PYTHONPATH": str(ROOT)}  # fmt: skip
-        servers = {name: stack.enter_context(gunicorn(name, env)) for name in variants}
+        servers = {
+            name: stack.enter_context(gunicorn(name, env, worker_class=worker_class))
+            for name in variants
+        }
         for name, (url, _) in servers.items():
             served[name] += int(wrk(url, 1)["requests"])  # warm-up, counted as served
         order = list(variants)
@@ -407,6 +420,10 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
+        "--worker-class", choices=("sync", "gthread"), default="sync",
+        help=f"gunicorn's workers (gthread: {GTHREAD_THREADS} threads each)",
+    )  # fmt: skip
+    parser.add_argument(
         "--sink", choices=("lean", "threaded"), default="lean",
         help="the custom writer's endpoint: lean_sink.py, or the tests' threaded http.server",
     )  # fmt: skip
@@ -416,7 +433,9 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
-    results = run(rounds, seconds, args.variants.split(","), args.delay_ms, args.sink)
+    results = run(
+        rounds, seconds, args.variants.split(","), args.delay_ms, args.sink, args.worker_class
+    )
     print(json.dumps(results) if args.json else table(results))
 
 

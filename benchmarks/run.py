@@ -378,6 +378,11 @@ def main() -> None:
         "--variants", "prometheus,sqlite,batched,per_request", *quick,
     )  # fmt: skip
     step("load below saturation")
+    results["load_gthread"] = _json(
+        "bench_load.py", "--json", "--worker-class", "gthread",
+        "--variants", "prometheus,sqlite,batched,per_request", *quick,
+    )  # fmt: skip
+    step("load, gthread workers")
     results["record_path"] = _json("bench_record_path.py", *(["--rounds", "5"] if quick else []))
     step("record_path")
 
@@ -387,6 +392,7 @@ def main() -> None:
     rows += load_rows(
         results["load_half"], f"load: wrk delay {HALF_RATE_DELAY_MS} ms (~half rate)", targets=False
     )
+    rows += load_rows(results["load_gthread"], "load: gthread -w 2 --threads 4 + wrk")
     rows += _parsed(influx_rows, influx_text, "export: InfluxDB", "bench_influxdb.py")
     rows += _parsed(http_writer_rows, writer_text, "export: HTTP writer", "bench_http_writer.py")
     rows += memory_rows(results["memory"])
