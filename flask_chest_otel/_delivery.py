@@ -99,6 +99,9 @@ class Outcome:
 
 DELIVERED = Outcome(Status.DELIVERED)
 
+#: ``_encode_and_enqueue`` hands the sender at least this many items at once.
+ENQUEUE_CHUNK = 64
+
 
 _RATE_LIMITED_LOGS: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
 
@@ -398,11 +401,14 @@ class BufferedExporter(MetricExporter, Generic[Item]):
 
     def _encode_and_enqueue(self, encode: Callable[[], Iterable[Item]]) -> MetricExportResult:
         items: list[tuple[Item, int]] = []
+        # A batch is ready: the sender sends it while the rest is encoded; in
+        # chunks of at least ENQUEUE_CHUNK items, as each enqueue takes the
+        # lock and wakes the sender (batches of one POST per request).
+        chunk = max(self.max_batch_items, ENQUEUE_CHUNK)
         try:
             for item in paced(encode()):
                 items.append((item, self._item_size(item)))
-                if len(items) >= self.max_batch_items:
-                    # A batch is ready: the sender sends it while the rest is encoded.
+                if len(items) >= chunk:
                     self.enqueue(items)
                     items = []
         except Exception:
