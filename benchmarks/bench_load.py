@@ -19,7 +19,8 @@ with an SDK reader), ``flask_chest_0010`` (flask-chest 0.0.10 from PyPI, an
 InfluxDB chest and a custom writer, written in the request), and ours:
 ``sqlite`` (the embedded default), ``batched`` (InfluxDB + custom writer
 posting one payload per export), ``per_request`` (InfluxDB + custom writer
-posting once per request, the sample usage's default).
+posting once per request, the sample usage's default),
+``per_request_pipelined`` (the same with ``pipeline=16``).
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick]
 """
@@ -55,9 +56,14 @@ from tests.http_sink import HTTPSink  # noqa: E402
 from tests.servers import free_port, stop_process  # noqa: E402
 from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E402
 
-VARIANTS = ["plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request"]
+VARIANTS = [
+    "plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request",
+    "per_request_pipelined",
+]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
-DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request"}
+DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_pipelined"}
+#: ``pipeline`` of the writer in ``per_request_pipelined``.
+PIPELINE = 16
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
@@ -104,7 +110,7 @@ def app_from_env() -> Flask:
                       success_status_codes=[200, 201], logger=_quiet_logger()),
         ]  # fmt: skip
         view = old_flask_chest(chests=chests, tracked_vars=TRACKED)(view)
-    elif variant in ("sqlite", "batched", "per_request"):
+    elif variant in ("sqlite", "batched", "per_request", "per_request_pipelined"):
         from flask_chest_otel import (
             FlaskChestCustomWriter,
             FlaskChestInfluxDB,
@@ -122,7 +128,8 @@ def app_from_env() -> Flask:
                 FlaskChestCustomWriter(name="SignalFX", url=f"{sink_url}/{variant}",
                                        payload_generator=cust_payload_generator, verify=False,
                                        success_status_codes=[200, 201],
-                                       per_request=variant == "per_request"),
+                                       per_request=variant != "batched",
+                                       pipeline=PIPELINE if "pipelined" in variant else 1),
             ]  # fmt: skip
         view = flask_chest(chests=chests, tracked_vars=TRACKED)(view)
     elif variant != "plain":

@@ -16,7 +16,8 @@ rules as ``http.client`` (RFC 9112 section 6.3):
   number, the body runs to the end of the connection;
 - the connection is closed after an ``HTTP/1.0`` answer without
   ``Connection: keep-alive``, after ``Connection: close``, after a body read
-  to its end, and when bytes follow the answer (a confused server).
+  to its end, and, by the sender, when bytes follow the last answer it
+  expected (a confused server).
 
 Every read gets only the time left before the caller's deadline (give or
 take 10 ms), so a server answering a byte at a time cannot outlast it.
@@ -120,33 +121,45 @@ class _Reader:
             excerpt += data[:room]
 
 
-def read_answer(sock: socket.socket, deadline: float, keep: int) -> RawAnswer:
-    """The answer to the request just sent on ``sock``. Raises
-    ``AnswerError`` for bytes that are not one, ``OSError`` (``TimeoutError``
-    past ``deadline``) for the socket's failures."""
-    reader = _Reader(sock, deadline)
-    while True:
-        version, status = _status_line(reader.line())
-        headers = _headers(reader)
-        if not 100 <= status <= 199:
-            break
-    excerpt = bytearray()
-    connection = headers.get("connection", "").lower()
-    will_close = "close" in connection or (version == "HTTP/1.0" and "keep-alive" not in connection)
-    if status in (204, 304):
-        pass
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        _chunked(reader, keep, excerpt)
-    else:
-        length = _content_length(headers.get("content-length"))
-        if length is None:
-            reader.to_end(keep, excerpt)
-            will_close = True
+class AnswerReader:
+    """Reads the answers to the requests sent on ``sock``, in order (several
+    when they were pipelined). Every ``read`` raises ``AnswerError`` for
+    bytes that are not an answer, ``OSError`` (``TimeoutError`` past
+    ``deadline``) for the socket's failures."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._reader = _Reader(sock, deadline)
+
+    @property
+    def leftover(self) -> bool:
+        """Bytes came after the answers read so far."""
+        return bool(self._reader.buffer)
+
+    def read(self, keep: int) -> RawAnswer:
+        """The next answer; its body's first ``keep`` bytes kept."""
+        reader = self._reader
+        while True:
+            version, status = _status_line(reader.line())
+            headers = _headers(reader)
+            if not 100 <= status <= 199:
+                break
+        excerpt = bytearray()
+        connection = headers.get("connection", "").lower()
+        will_close = "close" in connection or (
+            version == "HTTP/1.0" and "keep-alive" not in connection
+        )
+        if status in (204, 304):
+            pass
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            _chunked(reader, keep, excerpt)
         else:
-            reader.body(length, keep, excerpt)
-    if reader.buffer:  # bytes after the answer: nothing to trust on this connection
-        will_close = True
-    return RawAnswer(status, headers, bytes(excerpt), will_close)
+            length = _content_length(headers.get("content-length"))
+            if length is None:
+                reader.to_end(keep, excerpt)
+                will_close = True
+            else:
+                reader.body(length, keep, excerpt)
+        return RawAnswer(status, headers, bytes(excerpt), will_close)
 
 
 def _status_line(line: bytes) -> tuple[str, int]:

@@ -23,7 +23,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -31,7 +31,7 @@ from urllib.parse import quote, unquote, urlsplit
 import requests
 
 from ._http import safe_url
-from ._http_response import AnswerError, read_answer
+from ._http_response import AnswerError, AnswerReader
 
 #: Longest excerpt of a response body or an error put in a log line.
 EXCERPT = 200
@@ -230,42 +230,64 @@ class Sender:
     def post(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         """POSTs ``body`` with the extra ``headers`` (a Content-Type). Raises
         SendError when no answer came."""
+        return self.post_many([(body, headers)])[0]
+
+    def post_many(self, posts: Sequence[tuple[bytes, Mapping[str, str]]]) -> list[Answer]:
+        """POSTs each ``(body, headers)``; on the direct path pipelined: all
+        are written, then the answers read in order. Returns the answers of
+        the first ones, all of them unless the server ended the connection
+        or failed after answering some (the others were not answered: send
+        them again). Raises SendError when the first got no answer."""
         if self.unsendable_header is not None:
             raise SendError(
                 f"not sent: header {self.unsendable_header!r} holds a line break or NUL, "
                 "which HTTP headers cannot carry (value not shown)",
                 retry=False,
             )
+        if not posts:
+            return []
         if self._session is not None:
-            return self._post_requests(body, headers)
+            return self._post_requests_many(posts)
         deadline = time.monotonic() + self.total_timeout
-        key = tuple(headers.items())
-        head = self._heads.get(key)
-        if head is None:
-            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
-            head = self._heads[key] = self._head + extra + b"Content-Length: "
-        message = b"%s%d\r\n\r\n%s" % (head, len(body), body)
+        message = b"".join(self._message(body, headers) for body, headers in posts)
         reused = self._sock is not None and not _dropped(self._sock)
         if not reused:
             self.close()
+        answers: list[Answer] = []
         try:
             sock = self._sock if reused else self._connect(deadline)
             assert sock is not None
             self._sock = sock
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(message)
-            answer = read_answer(sock, deadline, EXCERPT)
-            if answer.will_close:
+            reader = AnswerReader(sock, deadline)
+            for _ in posts:
+                raw = reader.read(EXCERPT)
+                headers = raw.headers
+                answers.append(
+                    Answer(raw.status, headers.get("retry-after"), headers.get("location"),
+                           raw.excerpt)
+                )  # fmt: skip
+                if raw.will_close:
+                    break
+            if raw.will_close or reader.leftover:
                 self.close()
         except (OSError, AnswerError) as exc:
             self.close()
+            if answers:
+                return answers
             if isinstance(exc, TimeoutError):
                 raise SendError(f"no answer within {self.total_timeout:g} s", True) from None
             raise SendError(reason(exc, self.scrub), True) from None
-        headers = answer.headers
-        return Answer(
-            answer.status, headers.get("retry-after"), headers.get("location"), answer.excerpt
-        )
+        return answers
+
+    def _message(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        key = tuple(headers.items())
+        head = self._heads.get(key)
+        if head is None:
+            extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+            head = self._heads[key] = self._head + extra + b"Content-Length: "
+        return b"%s%d\r\n\r\n%s" % (head, len(body), body)
 
     def _connect(self, deadline: float) -> socket.socket:
         timeout = min(self._connect_timeout, max(deadline - time.monotonic(), 0.001))
@@ -281,6 +303,20 @@ class Sender:
             sock.close()
             raise
         return sock
+
+    def _post_requests_many(
+        self, posts: Sequence[tuple[bytes, Mapping[str, str]]]
+    ) -> list[Answer]:
+        """Through requests, one POST after the other (it cannot pipeline)."""
+        answers: list[Answer] = []
+        for body, headers in posts:
+            try:
+                answers.append(self._post_requests(body, headers))
+            except SendError:
+                if answers:
+                    return answers
+                raise
+        return answers
 
     def _post_requests(self, body: bytes, headers: Mapping[str, str]) -> Answer:
         assert self._session is not None

@@ -255,3 +255,18 @@ def test_through_the_exporter_a_chunked_429_after_100_continue_is_retried_as_tol
         assert 2.0 <= waited < 3.0, message  # the server's 2 s, not the 0.05 s backoff
     finally:
         exporter.shutdown(1_000)
+
+
+def test_a_connection_dropped_after_some_answers_loses_and_repeats_nothing(
+    serve: type[RawServer],
+) -> None:
+    """The raw server answers the first POST, then hangs up on the second:
+    ``post_many`` returns the one answer; the others go on a new
+    connection."""
+    server = serve(Raw(OK), Raw(b"", close=True))
+    with sender(server.url) as post:
+        first = post.post_many([(b"{}", {})] * 4)
+        assert [answer.status for answer in first] == [200]
+        rest = post.post_many([(b"{}", {})] * 3)
+        assert [answer.status for answer in rest] == [200, 200, 200]
+    assert server.connections == 2

@@ -1,0 +1,126 @@
+"""The per-request writer with ``pipeline``: several POSTs written on the
+kept-alive connection before their answers are read, against the test
+suite's real threaded HTTP server (which answers pipelined requests in
+order, as HTTP/1.1 requires; ``test_http_response.py`` has the raw scripted
+one). What must hold: each
+request's payload arrives once, whatever the server answers to its
+neighbours in the pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import requests
+
+from flask_chest_otel.http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
+
+from .http_sink import HTTPSink, Reply
+from .test_http_payload import cust_payload_generator, deliver, recorded
+
+
+@pytest.fixture
+def make_exporter(
+    http_exporters: Callable[..., HTTPPayloadMetricExporter],
+) -> Callable[..., HTTPPayloadMetricExporter]:
+    def make(**options: Any) -> HTTPPayloadMetricExporter:
+        options.setdefault("payload_generator", cust_payload_generator)
+        options.setdefault("name", "SignalFX")
+        options.setdefault("pipeline", 8)
+        return http_exporters(**options)
+
+    return make
+
+
+def requests_(count: int) -> Any:
+    return recorded(*[(f"r{number}", [("transaction", number)]) for number in range(count)])
+
+
+def posted_ids(sink: HTTPSink) -> list[str]:
+    return [post.json()["0"][2] for post in sink.posts()]
+
+
+def test_pipelined_posts_arrive_once_each_in_order_on_one_connection(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    exporter = make_exporter()
+    assert deliver(exporter, requests_(30))
+    assert posted_ids(sink) == [f"r{number}" for number in range(30)]
+    assert len({post.client for post in sink.posts()}) == 1
+    assert exporter.stats.exported == 30 and exporter.stats.dropped == 0
+
+
+def test_a_503_inside_a_pipeline_resends_only_that_request(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """The POSTs behind the refused one were taken by the server: the retry
+    must not send them again."""
+    sink.script(Reply(200), Reply(200), Reply(503, b"busy", {"Retry-After": "0"}))
+    exporter = make_exporter()
+    assert deliver(exporter, requests_(8))
+    assert posted_ids(sink) == [f"r{number}" for number in range(8)] + ["r2"]
+    assert exporter.stats.exported == 8 and exporter.stats.dropped == 0
+
+
+def test_a_503_then_a_200_behind_it_twice_still_sends_each_once(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Two failures in a row, each with POSTs taken behind it."""
+    sink.script(Reply(503), Reply(200), Reply(503), Reply(200))
+    exporter = make_exporter(pipeline=4)
+    assert deliver(exporter, requests_(4))
+    # r0 and r2 are refused, r1 and r3 taken; the retry sends r0 and r2 only.
+    assert posted_ids(sink) == ["r0", "r1", "r2", "r3", "r0", "r2"]
+    assert exporter.stats.exported == 4
+
+
+def test_a_refused_request_inside_a_pipeline_is_dropped_alone(
+    sink: HTTPSink,
+    make_exporter: Callable[..., HTTPPayloadMetricExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink.script(Reply(200), Reply(200), Reply(200), Reply(400, b"bad r3"))
+    exporter = make_exporter()
+    with caplog.at_level(logging.ERROR):
+        assert not deliver(exporter, requests_(8))  # a refused item fails the flush
+    assert posted_ids(sink) == [f"r{number}" for number in range(8)]
+    assert exporter.stats.exported == 7 and exporter.stats.dropped_rejected == 1
+    [message] = [record.getMessage() for record in caplog.records]
+    assert "HTTP 400" in message and "request r3" in message and "bad r3" in message, message
+
+
+def test_a_server_closing_after_an_answer_gets_the_rest_on_a_new_connection(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """``Connection: close`` on the second answer: the server reads no
+    further, so the POSTs written behind it are sent again, once."""
+    sink.script(Reply(200), Reply(200, headers={"Connection": "close"}))
+    exporter = make_exporter()
+    assert deliver(exporter, requests_(6))
+    assert posted_ids(sink) == [f"r{number}" for number in range(6)]
+    assert len({post.client for post in sink.posts()}) == 2
+    assert exporter.stats.retried == 0
+
+
+def test_through_a_users_session_pipeline_sends_one_after_the_other(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """requests cannot pipeline: with a session the POSTs go one by one,
+    each once."""
+    session = requests.Session()
+    sink.script(Reply(200), Reply(503, headers={"Retry-After": "0"}))
+    exporter = make_exporter(session=session)
+    assert deliver(exporter, requests_(5))
+    assert posted_ids(sink) == ["r0", "r1", "r2", "r3", "r4", "r1"]
+    session.close()
+
+
+@pytest.mark.parametrize("pipeline", [0, 65, True, 2.0, "4"])
+def test_pipeline_must_be_an_int_from_1_to_64(pipeline: Any) -> None:
+    with pytest.raises(ValueError, match="pipeline must be an int from 1 to 64"):
+        FlaskChestCustomWriter(
+            "writer", "http://127.0.0.1:9/x", payload_generator=cust_payload_generator,
+            pipeline=pipeline,
+        )  # fmt: skip
