@@ -393,7 +393,7 @@ def round_ratio(result: dict[str, Any], base: dict[str, Any], key: str) -> float
 def table(results: dict[str, Any]) -> str:
     base = results.get("prometheus")
     lines = [
-        f"{'variant':<18} {'req/s':>16} {'p50 ms':>14} {'p99 ms':>16} {'CPU us/req':>18}"
+        f"{'variant':<22} {'req/s':>16} {'p50 ms':>14} {'p99 ms':>16} {'CPU us/req':>18}"
         f" {'vs prometheus (req/s, p99, CPU)':>32} {'backends us/req':>16}  delivered/served"
     ]
     for name, result in results.items():
@@ -414,7 +414,7 @@ def table(results: dict[str, Any]) -> str:
             if got else "-"
         )
         backends = f"{result['backend_cpu_us_per_request']['median']:.0f}"
-        lines.append(f"{name:<18} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
+        lines.append(f"{name:<22} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
                      f" {ratios:>32} {backends:>16}  {delivery}")  # fmt: skip
     return "\n".join(lines)
 

@@ -91,8 +91,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             endpoint, and any proxy before it, must answer pipelined
             requests in order, as HTTP/1.1 requires. Each request's payload
             is still sent once: on a retry, POSTs the server took behind a
-            refused one are skipped. Through a proxy or a ``session``, POSTs
-            go one after the other.
+            refused one are skipped. If the connection fails after answering
+            part of a pipelined batch (an endpoint or proxy that does not
+            answer pipelined POSTs), the rest is sent again and the exporter
+            sends one at a time from then on, with a warning. Through a
+            proxy or a ``session``, POSTs go one after the other.
         headers, params, proxies, verify: as in ``requests.post``; ``verify``
             defaults to True. A header value outside Latin-1, which HTTP
             cannot carry, raises ValueError here, without its value; one with
@@ -290,8 +293,9 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         while todo:
             try:
                 answers = self._sender.post_many(
-                    [(payload.body, self._headers_of(payload)) for payload in todo]
-                )
+                    [(payload.body, self._headers_of(payload))
+                     for payload in todo[: self.max_batch_items]]
+                )  # fmt: skip
             except SendError as exc:
                 outcome = self._send_error(exc, todo[0])
                 if exc.retry:
@@ -300,6 +304,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 # Refused for good (a header HTTP cannot carry): the rest goes.
                 done = len(batch) - len(todo)
                 return Outcome(outcome.status, outcome.message, delivered=done)
+            if self._sender.pipeline_broke:
+                self._stop_pipelining()
             for number, (payload, answer) in enumerate(zip(todo, answers, strict=False)):
                 outcome = self._judge(answer, payload)
                 if outcome.status is Status.RETRY:
@@ -313,6 +319,21 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 taken.append(payload)
             todo = todo[len(answers) :]
         return DELIVERED
+
+    def _stop_pipelining(self) -> None:
+        """The connection failed after answering part of a pipelined batch:
+        an endpoint (or a proxy before it) that does not answer pipelined
+        POSTs would do that every time, each costing a timeout, so from now
+        on the POSTs go one at a time."""
+        self._sender.pipeline_broke = False
+        if self.max_batch_items > 1:
+            self.max_batch_items = 1
+            self.logger.warning(
+                "%s: the connection failed after answering part of %d pipelined POSTs; "
+                "sending one POST at a time from now on (pipeline=1)",
+                self.name,
+                self.pipeline,
+            )
 
     def _remember(self, taken: list[Payload]) -> None:
         self._sent_ahead = {id(payload): payload for payload in taken}

@@ -168,6 +168,9 @@ class Sender:
         unsendable_header: str | None = None,
     ) -> None:
         self.unsendable_header = unsendable_header
+        #: A pipelined ``post_many`` failed after some answers (the caller
+        #: may stop pipelining: the endpoint may not answer pipelined POSTs).
+        self.pipeline_broke = False
         prepared = requests.Request("POST", url, headers=dict(headers), params=params).prepare()
         netrc_auth = requests.utils.get_netrc_auth(url)
         if netrc_auth is not None and "Authorization" not in prepared.headers:
@@ -275,6 +278,7 @@ class Sender:
         except (OSError, AnswerError) as exc:
             self.close()
             if answers:
+                self.pipeline_broke = True
                 return answers
             if isinstance(exc, TimeoutError):
                 raise SendError(f"no answer within {self.total_timeout:g} s", True) from None

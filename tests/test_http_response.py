@@ -41,7 +41,10 @@ class RawServer:
     Content-Length body), answers it with the next scripted ``Raw`` (then
     with ``OK``), and counts connections and requests."""
 
-    def __init__(self, *answers: Raw) -> None:
+    def __init__(self, *answers: Raw, pipelining: bool = True) -> None:
+        #: False: whatever came behind a request is dropped unanswered, as a
+        #: proxy that does not take pipelined requests might.
+        self.pipelining = pipelining
         self.answers = deque(answers)
         self.connections = 0
         self.requests = 0
@@ -79,7 +82,7 @@ class RawServer:
                 )
                 while len(buffer) < length:
                     buffer += connection.recv(65536)
-                buffer = buffer[length:]
+                buffer = buffer[length:] if self.pipelining else b""
                 self.requests += 1
                 answer = self.answers.popleft() if self.answers else Raw(OK)
                 step = max(1, -(-len(answer.data) // answer.pieces))
@@ -100,8 +103,8 @@ def serve() -> Iterator[type[RawServer]]:
     servers: list[RawServer] = []
 
     class Started(RawServer):
-        def __init__(self, *answers: Raw) -> None:
-            super().__init__(*answers)
+        def __init__(self, *answers: Raw, pipelining: bool = True) -> None:
+            super().__init__(*answers, pipelining=pipelining)
             servers.append(self)
 
     yield Started
@@ -270,3 +273,27 @@ def test_a_connection_dropped_after_some_answers_loses_and_repeats_nothing(
         rest = post.post_many([(b"{}", {})] * 3)
         assert [answer.status for answer in rest] == [200, 200, 200]
     assert server.connections == 2
+
+
+def test_an_endpoint_not_answering_pipelined_posts_costs_one_timeout_then_one_at_a_time(
+    serve: type[RawServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server answers the first POST of a pipelined batch and drops the
+    rest: after one timeout the exporter sends one POST at a time, and each
+    request is taken once."""
+    server = serve(pipelining=False)
+    exporter = HTTPPayloadMetricExporter(
+        url=server.url, payload_generator=cust_payload_generator, name="writer",
+        pipeline=4, timeout=0.5, retry_initial=0.05,
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            exporter.export(recorded(*[(f"r{number}", [("v", number)]) for number in range(6)]))
+            assert exporter.force_flush(10_000)
+        assert server.requests == 6 and exporter.stats.exported == 6
+        assert time.monotonic() - started < 0.5 + 1.0  # one timeout, not one per POST
+        assert exporter.max_batch_items == 1
+        assert any("one POST at a time" in record.getMessage() for record in caplog.records)
+    finally:
+        exporter.shutdown(1_000)
