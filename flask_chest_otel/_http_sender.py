@@ -1,4 +1,4 @@
-"""One POST at a time to one URL, as ``requests`` would send it, for less.
+"""POSTs to one URL, as ``requests`` would send them, for less.
 
 ``requests`` is the public face of the custom writer (``headers``, ``params``,
 ``proxies``, ``verify``, a ``Session``), but a ``requests.Session.post`` costs
@@ -9,6 +9,8 @@ once, by requests itself, into a byte template, and each POST is one
 (``http.client``'s reader would cost as much again: it parses headers with
 ``email.parser``).
 Through a proxy, or with a user's ``Session``, the POST goes through requests.
+``post_many`` pipelines several POSTs (the writer's ``pipeline`` option):
+all are written in one ``sendall``, then their answers read in order.
 
 The direct path also bounds a whole send by ``timeout``: each socket
 operation gets the time left, so a server answering a byte a second cannot
@@ -137,7 +139,7 @@ def reason(exc: BaseException, scrub: Scrubber) -> str:
 
 
 class Sender:
-    """POSTs bodies to one URL, one at a time (from one thread).
+    """POSTs bodies to one URL from one thread, one at a time or pipelined.
 
     Args:
         url, headers, params, proxies, verify: as in ``requests.post``; the
