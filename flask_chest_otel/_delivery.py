@@ -697,6 +697,18 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                         exc,
                     )
 
+    def _drop_rejected(self, count: int, message: str) -> None:
+        """Counts and logs ``count`` items the backend refused for good."""
+        self.stats.dropped_rejected += count
+        self._log.log(
+            logging.ERROR,
+            "rejected",
+            "%s: dropped %d items the backend rejected: %s",
+            self.name,
+            count,
+            message,
+        )
+
     def _drain(self, deadline: float | None = None) -> None:
         """Sends batches until the buffer is empty or a retry must wait past
         ``deadline`` (shutdown) or is interrupted by shutdown.
@@ -752,16 +764,8 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             elif status in (Status.REJECTED, Status.TOO_LARGE):
                 self._discard(len(batch))
                 self.stats.exported += outcome.delivered
-                self.stats.dropped_rejected += len(batch) - outcome.delivered
                 narrowing = max(0, narrowing - len(batch))
-                self._log.log(
-                    logging.ERROR,
-                    "rejected",
-                    "%s: dropped %d items the backend rejected: %s",
-                    self.name,
-                    len(batch) - outcome.delivered,
-                    outcome.message,
-                )
+                self._drop_rejected(len(batch) - outcome.delivered, outcome.message)
                 attempt = 0
             else:
                 attempt += 1

@@ -288,8 +288,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         starts at the same oldest payload: nothing is sent twice, unless the
         buffer dropped the batch's head meanwhile (then at most once more)."""
         ahead, self._sent_ahead = self._sent_ahead, {}
-        todo = [payload for payload in batch if ahead.get(id(payload)) is not payload]
-        taken: list[Payload] = [payload for payload in batch if ahead.get(id(payload)) is payload]
+        todo: list[Payload] = []
+        taken: list[Payload] = []
+        for payload in batch:
+            (taken if ahead.get(id(payload)) is payload else todo).append(payload)
         while todo:
             try:
                 answers = self._sender.post_many(
@@ -315,7 +317,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                     self._remember(taken)
                     return outcome
                 if outcome.status is not Status.DELIVERED:
-                    self._drop_refused(payload, outcome)
+                    self._drop_refused(outcome)
                 taken.append(payload)
             todo = todo[len(answers) :]
         return DELIVERED
@@ -338,20 +340,12 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     def _remember(self, taken: list[Payload]) -> None:
         self._sent_ahead = {id(payload): payload for payload in taken}
 
-    def _drop_refused(self, payload: Payload, outcome: Outcome) -> None:
+    def _drop_refused(self, outcome: Outcome) -> None:
         """One payload of a batch refused for good: dropped, counted and
         logged as the drain loop does for a batch (which then counts the
         whole batch as exported)."""
         self.stats.exported -= 1
-        self.stats.dropped_rejected += 1
-        self._log.log(
-            logging.ERROR,
-            "rejected",
-            "%s: dropped %d items the backend rejected: %s",
-            self.name,
-            1,
-            outcome.message,
-        )
+        self._drop_rejected(1, outcome.message)
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
         merged = [_context_tuple(flat) for group in paced(batch) for flat in group]
