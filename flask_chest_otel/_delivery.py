@@ -21,6 +21,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -491,13 +492,19 @@ class BufferedExporter(MetricExporter, Generic[Item]):
     def _pop_oldest(self, count: int, write: bool = True) -> None:
         """Removes the ``count`` oldest items from the buffer and the spool
         (caller holds the lock)."""
-        spooled = 0
-        for _ in range(min(count, len(self._buffer))):
-            pause_if_due()
-            _, size, spool_size = self._buffer.popleft()
-            self.stats.buffered -= 1
-            self.stats.buffered_bytes -= size
-            spooled += spool_size > 0
+        count = min(count, len(self._buffer))
+        popleft = self._buffer.popleft
+        pause = pacing()
+        sizes = spooled = 0
+        for _ in range(count):
+            if pause:
+                pause_if_due()
+            _, size, spool_size = popleft()
+            sizes += size
+            if spool_size:
+                spooled += 1
+        self.stats.buffered -= count
+        self.stats.buffered_bytes -= sizes
         if self._spool is not None:
             try:
                 self._spool.ack(spooled, write=write)
@@ -670,9 +677,13 @@ class BufferedExporter(MetricExporter, Generic[Item]):
 
     def _take(self, limit: int) -> list[Item]:
         """The oldest items that fit one batch; left in the buffer until sent."""
-        batch: list[Item] = []
-        size = 0
         with self._lock:
+            if not pacing():
+                head = list(islice(self._buffer, limit))
+                if sum(size for _, size, _ in head) <= self.max_batch_bytes:
+                    return [item for item, _, _ in head]
+            batch: list[Item] = []
+            size = 0
             for item, item_size, _ in paced(self._buffer):
                 if batch and (len(batch) >= limit or size + item_size > self.max_batch_bytes):
                     break
