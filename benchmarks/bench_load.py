@@ -19,8 +19,9 @@ with an SDK reader), ``flask_chest_0010`` (flask-chest 0.0.10 from PyPI, an
 InfluxDB chest and a custom writer, written in the request), and ours:
 ``sqlite`` (the embedded default), ``batched`` (InfluxDB + custom writer
 posting one payload per export), ``per_request`` (InfluxDB + custom writer
-posting once per request, the sample usage's default),
-``per_request_pipelined`` (the same with ``pipeline=16``).
+posting once per request, the sample usage's default: pipelined up to 16
+POSTs at once, as the endpoint answers pipelined requests),
+``per_request_unpipelined`` (the same with ``pipeline=1``: one at a time).
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick]
 """
@@ -58,12 +59,10 @@ from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E4
 
 VARIANTS = [
     "plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request",
-    "per_request_pipelined",
+    "per_request_unpipelined",
 ]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
-DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_pipelined"}
-#: ``pipeline`` of the writer in ``per_request_pipelined``.
-PIPELINE = 16
+DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_unpipelined"}
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
@@ -110,7 +109,7 @@ def app_from_env() -> Flask:
                       success_status_codes=[200, 201], logger=_quiet_logger()),
         ]  # fmt: skip
         view = old_flask_chest(chests=chests, tracked_vars=TRACKED)(view)
-    elif variant in ("sqlite", "batched", "per_request", "per_request_pipelined"):
+    elif variant in ("sqlite", "batched", "per_request", "per_request_unpipelined"):
         from flask_chest_otel import (
             FlaskChestCustomWriter,
             FlaskChestInfluxDB,
@@ -129,7 +128,7 @@ def app_from_env() -> Flask:
                                        payload_generator=cust_payload_generator, verify=False,
                                        success_status_codes=[200, 201],
                                        per_request=variant != "batched",
-                                       pipeline=PIPELINE if "pipelined" in variant else 1),
+                                       pipeline=1 if "unpipelined" in variant else 16),
             ]  # fmt: skip
         view = flask_chest(chests=chests, tracked_vars=TRACKED)(view)
     elif variant != "plain":

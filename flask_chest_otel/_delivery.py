@@ -266,6 +266,9 @@ class BufferedExporter(MetricExporter, Generic[Item]):
     #: exporter whose ``_send`` runs C code holding the GIL in proportion to
     #: the batch (``json.dumps``), so that requests never wait long behind it.
     paced_batch_items: int | None = None
+    #: The sender wakes as soon as this many items wait (None: a full batch,
+    #: ``max_batch_items``), else after ``flush_interval``.
+    send_at_items: int | None = None
 
     def __init__(
         self,
@@ -452,7 +455,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             self.stats.dropped_buffer_full += dropped
             ready = (
                 self.flush_interval == 0
-                or self.stats.buffered >= self.max_batch_items
+                or self.stats.buffered >= (self.send_at_items or self.max_batch_items)
                 or self.stats.buffered_bytes >= self.max_batch_bytes
             )
         if dropped:

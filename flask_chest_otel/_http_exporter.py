@@ -38,6 +38,9 @@ MAX_BATCH_REQUESTS = 10_000
 #: ``json.dumps`` holds the GIL throughout, about 1 ms for 500 requests of
 #: two variables, 6 ms for 2,500 (the sample app's share of one export).
 PACED_BATCH_REQUESTS = 500
+#: POSTs written at once per request where the endpoint answers pipelined
+#: requests (``pipeline``).
+DEFAULT_PIPELINE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,16 +89,19 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             the server refuses.
         pipeline: per request, how many POSTs may be written on the
             connection before their answers are read (HTTP/1.1 pipelining;
-            1 to 64, default 1: one at a time). Under load it saves most of
-            the per-POST cost (one write and a few reads for the lot); the
-            endpoint, and any proxy before it, must answer pipelined
-            requests in order, as HTTP/1.1 requires. Each request's payload
-            is still sent once: on a retry, POSTs the server took behind a
-            refused one are skipped. If the connection fails after answering
-            part of a pipelined batch (an endpoint or proxy that does not
-            answer pipelined POSTs), the rest is sent again and the exporter
-            sends one at a time from then on, with a warning. Through a
-            proxy or a ``session``, POSTs go one after the other.
+            1 to 64, default 16; 1: one at a time). Under load it saves
+            most of the per-POST cost (one write and a few reads for the
+            lot). Only where the endpoint, and any proxy before it, proved
+            that it answers pipelined requests: the first time two POSTs
+            are waiting, two ``OPTIONS`` requests are written at once, and
+            both must be answered in order on a connection kept open (see
+            ``Sender.probe_pipelining``); else POSTs go one at a time. Each
+            request's payload is still sent once: on a retry, POSTs the
+            server took behind a refused one are skipped. If the connection
+            fails after answering part of a pipelined batch, the rest is
+            sent again and the exporter sends one at a time from then on,
+            with a warning. Through a proxy or a ``session``, POSTs go one
+            after the other.
         headers, params, proxies, verify: as in ``requests.post``; ``verify``
             defaults to True. A header value outside Latin-1, which HTTP
             cannot carry, raises ValueError here, without its value; one with
@@ -122,7 +128,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         payload_generator: PayloadGenerator,
         name: str | None = None,
         per_request: bool = True,
-        pipeline: int = 1,
+        pipeline: int = DEFAULT_PIPELINE,
         headers: Mapping[str, str] | None = None,
         params: Any = None,
         proxies: Mapping[str, str] | None = None,
@@ -182,11 +188,17 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self.payload_generator = payload_generator
         self.per_request = per_request
         self.pipeline = pipeline
+        #: Whether POSTs are pipelined: None until ``probe_pipelining`` answered.
+        self._pipelining: bool | None = None if pipeline > 1 and self._sender.direct else False
         #: Payloads of a pipelined batch the server took while an earlier one
         #: of the batch is to be retried: the retry skips them (by identity;
         #: held here so that no other object can take their id meanwhile).
         self._sent_ahead: dict[int, Payload] = {}
-        if not per_request:
+        if per_request:
+            # A request's POST goes as soon as it is encoded: pipelining
+            # takes what waits then, it does not wait to fill a batch.
+            self.send_at_items = 1
+        else:
             self.paced_batch_items = PACED_BATCH_REQUESTS
         self.params = params
         self.proxies = self._sender.proxies or None
@@ -292,12 +304,14 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         taken: list[Payload] = []
         for payload in batch:
             (taken if ahead.get(id(payload)) is payload else todo).append(payload)
+        if self._pipelining is None and len(todo) > 1:
+            self._probe()
+        window = self.pipeline if self._pipelining else 1
         while todo:
             try:
                 answers = self._sender.post_many(
-                    [(payload.body, self._headers_of(payload))
-                     for payload in todo[: self.max_batch_items]]
-                )  # fmt: skip
+                    [(payload.body, self._headers_of(payload)) for payload in todo[:window]]
+                )
             except SendError as exc:
                 outcome = self._send_error(exc, todo[0])
                 if exc.retry:
@@ -308,6 +322,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 return Outcome(outcome.status, outcome.message, delivered=done)
             if self._sender.pipeline_broke:
                 self._stop_pipelining()
+                window = 1
             for number, (payload, answer) in enumerate(zip(todo, answers, strict=False)):
                 outcome = self._judge(answer, payload)
                 if outcome.status is Status.RETRY:
@@ -322,14 +337,28 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             todo = todo[len(answers) :]
         return DELIVERED
 
+    def _probe(self) -> None:
+        """Asks the endpoint whether it answers pipelined requests (once; again
+        later if it could not be reached)."""
+        self._pipelining = self._sender.probe_pipelining()
+        if self._pipelining is not None:
+            self.logger.info(
+                "%s: %s answers pipelined requests: %s",
+                self.name,
+                self._safe_url,
+                f"up to {self.pipeline} POSTs at once under load"
+                if self._pipelining
+                else "POSTs go one at a time",
+            )
+
     def _stop_pipelining(self) -> None:
         """The connection failed after answering part of a pipelined batch:
         an endpoint (or a proxy before it) that does not answer pipelined
         POSTs would do that every time, each costing a timeout, so from now
         on the POSTs go one at a time."""
         self._sender.pipeline_broke = False
-        if self.max_batch_items > 1:
-            self.max_batch_items = 1
+        if self._pipelining:
+            self._pipelining = False
             self.logger.warning(
                 "%s: the connection failed after answering part of %d pipelined POSTs; "
                 "sending one POST at a time from now on (pipeline=1)",

@@ -10,7 +10,8 @@ once, by requests itself, into a byte template, and each POST is one
 ``email.parser``).
 Through a proxy, or with a user's ``Session``, the POST goes through requests.
 ``post_many`` pipelines several POSTs (the writer's ``pipeline`` option):
-all are written in one ``sendall``, then their answers read in order.
+all are written in one ``sendall``, then their answers read in order, once
+``probe_pipelining`` saw the endpoint answer two pipelined requests.
 
 The direct path also bounds a whole send by ``timeout``: each socket
 operation gets the time left, so a server answering a byte a second cannot
@@ -37,6 +38,8 @@ from ._http_response import AnswerError, AnswerReader
 
 #: Longest excerpt of a response body or an error put in a log line.
 EXCERPT = 200
+#: The longest ``probe_pipelining`` waits for its two answers.
+PROBE_SECONDS = 2.0
 
 _FORBIDDEN_IN_HEADER = re.compile(r"[\r\n\x00]")
 
@@ -208,6 +211,7 @@ class Sender:
             names = {"host", "accept-encoding", "connection", "content-length"}
             lines += [f"{k}: {v}" for k, v in self._headers.items() if k.lower() not in names]
             self._head = "".join(line + "\r\n" for line in lines).encode("latin-1")
+            self._probe = b"OPTIONS" + self._head[len(b"POST") :] + b"Content-Length: 0\r\n\r\n"
             self._heads: dict[tuple[tuple[str, str], ...], bytes] = {}
         else:
             self._session = self._new_session()
@@ -286,6 +290,39 @@ class Sender:
                 raise SendError(f"no answer within {self.total_timeout:g} s", True) from None
             raise SendError(reason(exc, self.scrub), True) from None
         return answers
+
+    def probe_pipelining(self) -> bool | None:
+        """Whether the endpoint answers pipelined requests: two ``OPTIONS``
+        requests (safe, no body, the POSTs' headers) are written at once on
+        the connection, and both must be answered, in order, within
+        ``PROBE_SECONDS``, with the connection kept open (any status: what
+        is tested is the framing). None when they could not be sent (the
+        endpoint is down: ask again later). Always False through a proxy or
+        a ``session``, where POSTs go one after the other."""
+        if self._session is not None or self.unsendable_header is not None:
+            return False
+        deadline = time.monotonic() + min(self.total_timeout, PROBE_SECONDS)
+        reused = self._sock is not None and not _dropped(self._sock)
+        if not reused:
+            self.close()
+        try:
+            sock = self._sock if reused else self._connect(deadline)
+            assert sock is not None
+            self._sock = sock
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            sock.sendall(self._probe * 2)
+        except OSError:
+            self.close()
+            return None
+        try:
+            reader = AnswerReader(sock, deadline)
+            if not reader.read(0).will_close and not reader.read(0).will_close:
+                if not reader.leftover:
+                    return True
+        except (OSError, AnswerError):
+            pass
+        self.close()
+        return False
 
     def _message(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         key = tuple(headers.items())

@@ -48,8 +48,8 @@ OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST = "OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST
 """``true`` (default): one POST per request; ``false``: one POST per export."""
 
 OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE = "OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE"
-"""Per request, how many POSTs are pipelined on the connection (1 to 64;
-default 1)."""
+"""Per request, how many POSTs are pipelined on the connection where the
+endpoint answers pipelined requests (1 to 64; default 16; 1: one at a time)."""
 
 # influxdb-client's own names (``InfluxDBClient.from_env_properties``), read
 # when neither an argument nor an OTEL_ variable gives the setting.

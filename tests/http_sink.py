@@ -120,6 +120,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(reply.body)
 
+    def do_OPTIONS(self) -> None:
+        """Counted in ``probes``, not recorded: the writer's probe for
+        pipelining."""
+        with self.server.sink._lock:
+            self.server.sink.probes += 1
+        self._answer(Reply(204, b""))
+
     do_POST = do_PUT = do_GET = _handle
 
 
@@ -141,6 +148,8 @@ class HTTPSink:
         self._requests: list[Recorded] = []
         self._posts = 0
         self._bytes = 0
+        #: OPTIONS requests answered (the writer's probe for pipelining).
+        self.probes = 0
         self._lock = threading.Condition()
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.sink = self

@@ -388,12 +388,13 @@ def test_429_with_retry_after_is_waited_out_and_loses_nothing(
     sink: HTTPSink, chests: list[Chest], retry_after: str | None, least: float
 ) -> None:
     """Two 429s with Retry-After (seconds, or an HTTP date 2 s ahead): the
-    writer waits what the server asked before each retry, then every request
-    arrives once, in order."""
+    writer, one POST at a time, waits what the server asked before each
+    retry, then every request arrives once, in order (pipelined, the POSTs
+    behind a 429 go ahead of its retry: test_http_pipeline.py)."""
     header = retry_after or _http_date(2.0)
     sink.script(*[Reply(429, b"slow down", {"Retry-After": header})] * 2)
     ids = Ids("throttled")
-    chest = writer_chest(chests, sink.url, retry_initial=0.01, retry_max=3.0)
+    chest = writer_chest(chests, sink.url, retry_initial=0.01, retry_max=3.0, pipeline=1)
     serve(sample_app([chest], request_id_generator=ids), 10)
     assert chest.force_flush(timeout_millis=10_000)
     posts = sink.posts()
@@ -410,14 +411,23 @@ def test_a_503_storm_on_the_http_endpoint_loses_nothing(
     sink: HTTPSink, chests: list[Chest]
 ) -> None:
     """Forty 503s in a row, half with Retry-After: 0, then the endpoint
-    recovers: every request arrives once, oldest first."""
-    sink.script(*[Reply(503, b"busy", {"Retry-After": "0"} if i % 2 else {}) for i in range(40)])
-    ids = Ids("storm-http")
-    chest = writer_chest(chests, sink.url, retry_initial=0.01, retry_max=0.05)
-    serve(sample_app([chest], request_id_generator=ids), 30)
-    assert chest.force_flush(timeout_millis=15_000)
-    assert posted_ids(sink)[40:] == ids.made
-    assert chest.exporter.stats.dropped == 0
+    recovers: every request arrives once (the 40 refused POSTs plus one per
+    request); one POST at a time, oldest first."""
+    for pipeline in (1, 16):
+        sink.script(
+            *[Reply(503, b"busy", {"Retry-After": "0"} if i % 2 else {}) for i in range(40)]
+        )
+        ids = Ids(f"storm-http-{pipeline}")
+        chest = writer_chest(
+            chests, sink.url, retry_initial=0.01, retry_max=0.05, pipeline=pipeline
+        )
+        serve(sample_app([chest], request_id_generator=ids), 30)
+        assert chest.force_flush(timeout_millis=15_000)
+        posted = [request_id for request_id in posted_ids(sink) if request_id in ids.made]
+        assert len(posted) == 40 + 30 and set(posted) == set(ids.made)
+        if pipeline == 1:
+            assert posted[40:] == ids.made
+        assert chest.exporter.stats.dropped == 0
 
 
 @pytest.fixture

@@ -514,9 +514,10 @@ def test_a_retry_in_the_middle_of_a_batch_resends_only_what_was_not_delivered(
     sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
 ) -> None:
     """Per request, a batch is many POSTs: a 503 on the third must not send
-    the first two again (each request arrives once)."""
+    the first two again (each request arrives once; one POST at a time, so
+    in order: test_http_pipeline.py has the pipelined case)."""
     sink.script(Reply(200), Reply(200), Reply(503, b"busy", {"Retry-After": "0"}))
-    exporter = make_exporter(retry_initial=0.05)
+    exporter = make_exporter(retry_initial=0.05, pipeline=1)
     requests_ = [(f"r{number}", [("transaction", number)]) for number in range(5)]
     assert deliver(exporter, recorded(*requests_))
     ids = [post.json()["0"][2] for post in sink.posts()]

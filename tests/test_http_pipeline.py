@@ -9,16 +9,23 @@ neighbours in the pipeline."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from flask_chest_otel._http_sender import Sender
 from flask_chest_otel.http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 
 from .http_sink import HTTPSink, Reply
+from .test_gunicorn import REPO, free_port, wait_until_serving
 from .test_http_payload import cust_payload_generator, deliver, recorded
 
 
@@ -47,6 +54,7 @@ def test_pipelined_posts_arrive_once_each_in_order_on_one_connection(
     assert deliver(exporter, requests_(30))
     assert posted_ids(sink) == [f"r{number}" for number in range(30)]
     assert len({post.client for post in sink.posts()}) == 1
+    assert sink.probes == 2 and exporter._pipelining is True
     assert exporter.stats.exported == 30 and exporter.stats.dropped == 0
 
 
@@ -60,6 +68,20 @@ def test_a_503_inside_a_pipeline_resends_only_that_request(
     assert deliver(exporter, requests_(8))
     assert posted_ids(sink) == [f"r{number}" for number in range(8)] + ["r2"]
     assert exporter.stats.exported == 8 and exporter.stats.dropped == 0
+
+
+def test_a_429_inside_a_pipeline_waits_its_retry_after_and_sends_each_once(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """The POSTs behind a throttled one were taken: they arrive ahead of its
+    retry, which waits the server's Retry-After (1 s, not the 0.01 s backoff)."""
+    sink.script(Reply(429, b"slow down", {"Retry-After": "1"}))
+    exporter = make_exporter(retry_initial=0.01, retry_max=3.0)
+    assert deliver(exporter, requests_(6))
+    posts = sink.posts()
+    assert posted_ids(sink) == ["r0", "r1", "r2", "r3", "r4", "r5", "r0"]
+    assert posts[-1].received - posts[0].received >= 0.95
+    assert exporter.stats.exported == 6 and exporter.stats.dropped == 0
 
 
 def test_a_503_then_a_200_behind_it_twice_still_sends_each_once(
@@ -105,13 +127,14 @@ def test_a_server_closing_after_an_answer_gets_the_rest_on_a_new_connection(
 def test_through_a_users_session_pipeline_sends_one_after_the_other(
     sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
 ) -> None:
-    """requests cannot pipeline: with a session the POSTs go one by one,
-    each once."""
+    """requests cannot pipeline: with a session the POSTs go one by one, in
+    order, a refused one retried before the next; no probe is sent."""
     session = requests.Session()
     sink.script(Reply(200), Reply(503, headers={"Retry-After": "0"}))
     exporter = make_exporter(session=session)
     assert deliver(exporter, requests_(5))
-    assert posted_ids(sink) == ["r0", "r1", "r2", "r3", "r4", "r1"]
+    assert posted_ids(sink) == ["r0", "r1", "r1", "r2", "r3", "r4"]
+    assert sink.probes == 0
     session.close()
 
 
@@ -122,3 +145,68 @@ def test_pipeline_must_be_an_int_from_1_to_64(pipeline: Any) -> None:
             "writer", "http://127.0.0.1:9/x", payload_generator=cust_payload_generator,
             pipeline=pipeline,
         )  # fmt: skip
+
+
+def ingest_app() -> Any:
+    """A gunicorn app factory: an endpoint writing each POSTed body as a
+    line to the file $INGEST_LOG."""
+    from flask import Flask, request
+
+    app = Flask("ingest")
+
+    @app.post("/ingest")
+    def ingest() -> tuple[str, int]:
+        with open(os.environ["INGEST_LOG"], "ab") as log:
+            log.write(request.get_data() + b"\n")
+        return "", 204
+
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "pipelined"), [("sync", False), ("gthread", True)], ids=["sync", "gthread"]
+)
+def test_against_gunicorn_the_probe_tells_which_workers_take_pipelined_posts(
+    tmp_path: Path, worker_class: str, pipelined: bool
+) -> None:
+    """A real gunicorn endpoint: sync workers close the connection after
+    each answer, so the probe says no and the POSTs go one at a time; gthread
+    workers answer pipelined requests in order, so they get them pipelined.
+    Either way each request's payload arrives once."""
+    log = tmp_path / "ingest.log"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "1", "-k", worker_class, "-b",
+         f"127.0.0.1:{port}", "tests.test_http_pipeline:ingest_app()"],
+        cwd=REPO, env={**os.environ, "INGEST_LOG": str(log)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    exporter = HTTPPayloadMetricExporter(
+        url=f"http://127.0.0.1:{port}/ingest", payload_generator=cust_payload_generator,
+        name="SignalFX",
+    )  # fmt: skip
+    try:
+        wait_until_serving(server, f"http://127.0.0.1:{port}/")
+        assert deliver(exporter, requests_(40))
+        assert exporter._pipelining is pipelined
+        ids = [json.loads(line)["0"][2] for line in log.read_bytes().splitlines()]
+        assert sorted(ids) == sorted(f"r{number}" for number in range(40))
+    finally:
+        exporter.shutdown(1_000)
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+def test_go_servers_answer_the_probe(vm: Any, influxd: Any) -> None:
+    """VictoriaMetrics and influxd (Go's net/http) answer pipelined requests."""
+    for url in (f"{vm.url}/api/v2/write?bucket=b", f"{influxd.url}/write?db=probe"):
+        post = Sender(url=url, headers={}, params=None, proxies=None, verify=True,
+                      timeout=5.0, session=None, what="writer")  # fmt: skip
+        try:
+            assert post.probe_pipelining() is True, url
+        finally:
+            post.close()

@@ -41,13 +41,19 @@ class RawServer:
     Content-Length body), answers it with the next scripted ``Raw`` (then
     with ``OK``), and counts connections and requests."""
 
-    def __init__(self, *answers: Raw, pipelining: bool = True) -> None:
+    def __init__(
+        self, *answers: Raw, pipelining: bool = True, pipelined_requests: int | None = None
+    ) -> None:
         #: False: whatever came behind a request is dropped unanswered, as a
-        #: proxy that does not take pipelined requests might.
+        #: proxy that does not take pipelined requests might; only from the
+        #: request after the first ``pipelined_requests`` if that is given.
         self.pipelining = pipelining
+        self.pipelined_requests = pipelined_requests
         self.answers = deque(answers)
         self.connections = 0
         self.requests = 0
+        #: The method of each request read.
+        self.methods: list[str] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/ingest"
@@ -82,8 +88,11 @@ class RawServer:
                 )
                 while len(buffer) < length:
                     buffer += connection.recv(65536)
-                buffer = buffer[length:] if self.pipelining else b""
+                limit = self.pipelined_requests
+                keep = self.pipelining or (limit is not None and self.requests < limit)
+                buffer = buffer[length:] if keep else b""
                 self.requests += 1
+                self.methods.append(head.split(b" ", 1)[0].decode())
                 answer = self.answers.popleft() if self.answers else Raw(OK)
                 step = max(1, -(-len(answer.data) // answer.pieces))
                 for start in range(0, len(answer.data), step):
@@ -103,8 +112,12 @@ def serve() -> Iterator[type[RawServer]]:
     servers: list[RawServer] = []
 
     class Started(RawServer):
-        def __init__(self, *answers: Raw, pipelining: bool = True) -> None:
-            super().__init__(*answers, pipelining=pipelining)
+        def __init__(
+            self, *answers: Raw, pipelining: bool = True, pipelined_requests: int | None = None
+        ) -> None:
+            super().__init__(
+                *answers, pipelining=pipelining, pipelined_requests=pipelined_requests
+            )
             servers.append(self)
 
     yield Started
@@ -275,25 +288,96 @@ def test_a_connection_dropped_after_some_answers_loses_and_repeats_nothing(
     assert server.connections == 2
 
 
-def test_an_endpoint_not_answering_pipelined_posts_costs_one_timeout_then_one_at_a_time(
-    serve: type[RawServer], caplog: pytest.LogCaptureFixture
-) -> None:
-    """The server answers the first POST of a pipelined batch and drops the
-    rest: after one timeout the exporter sends one POST at a time, and each
-    request is taken once."""
-    server = serve(pipelining=False)
-    exporter = HTTPPayloadMetricExporter(
-        url=server.url, payload_generator=cust_payload_generator, name="writer",
+def pipelined_writer(url: str) -> HTTPPayloadMetricExporter:
+    return HTTPPayloadMetricExporter(
+        url=url, payload_generator=cust_payload_generator, name="writer",
         pipeline=4, timeout=0.5, retry_initial=0.05,
     )  # fmt: skip
+
+
+def send_six(exporter: HTTPPayloadMetricExporter) -> float:
+    """Six requests' POSTs exported and flushed; the seconds it took."""
+    started = time.monotonic()
+    exporter.export(recorded(*[(f"r{number}", [("v", number)]) for number in range(6)]))
+    assert exporter.force_flush(10_000)
+    return time.monotonic() - started
+
+
+def test_an_endpoint_not_answering_pipelined_requests_fails_the_probe_once(
+    serve: type[RawServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server answers the first request of what was written at once and
+    drops the rest: the probe's second OPTIONS goes unanswered, so after
+    that one wait (the timeout, 0.5 s) the POSTs go one at a time, each
+    taken once."""
+    server = serve(pipelining=False)
+    exporter = pipelined_writer(server.url)
     try:
-        started = time.monotonic()
+        with caplog.at_level(logging.INFO):
+            took = send_six(exporter)
+        assert server.methods == ["OPTIONS"] + ["POST"] * 6
+        assert exporter.stats.exported == 6 and exporter.stats.retried == 0
+        assert 0.5 <= took < 0.5 + 1.0  # one probe timeout, not one per POST
+        assert any("POSTs go one at a time" in record.getMessage() for record in caplog.records)
+        assert send_six(exporter) < 0.5  # no second probe
+        assert server.methods.count("OPTIONS") == 1
+    finally:
+        exporter.shutdown(1_000)
+
+
+def test_an_endpoint_that_passed_the_probe_then_drops_pipelined_posts(
+    serve: type[RawServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that answered the probe's two requests but drops POSTs
+    written behind another: after one timeout the exporter sends one POST at
+    a time, with a warning, and each request is taken once."""
+    server = serve(pipelining=False, pipelined_requests=2)
+    exporter = pipelined_writer(server.url)
+    try:
         with caplog.at_level(logging.WARNING):
-            exporter.export(recorded(*[(f"r{number}", [("v", number)]) for number in range(6)]))
-            assert exporter.force_flush(10_000)
-        assert server.requests == 6 and exporter.stats.exported == 6
-        assert time.monotonic() - started < 0.5 + 1.0  # one timeout, not one per POST
-        assert exporter.max_batch_items == 1
+            took = send_six(exporter)
+        assert server.methods == ["OPTIONS", "OPTIONS"] + ["POST"] * 6
+        assert exporter.stats.exported == 6
+        assert took < 0.5 + 1.0  # one timeout, not one per POST
         assert any("one POST at a time" in record.getMessage() for record in caplog.records)
     finally:
         exporter.shutdown(1_000)
+
+
+def test_an_endpoint_answering_pipelined_requests_gets_them(serve: type[RawServer]) -> None:
+    """The probe's two OPTIONS are answered on the connection it keeps; the
+    POSTs then go four at a time on that same connection."""
+    server = serve()
+    exporter = pipelined_writer(server.url)
+    try:
+        assert send_six(exporter) < 0.5
+        assert server.methods == ["OPTIONS", "OPTIONS"] + ["POST"] * 6
+        assert server.connections == 1 and exporter._pipelining is True
+    finally:
+        exporter.shutdown(1_000)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(Raw(b"HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\n"
+                         b"Content-Length: 0\r\n\r\n"), id="connection-close"),
+        pytest.param(Raw(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK"), id="http-1.0"),
+        pytest.param(Raw(b"nonsense\r\n\r\n"), id="not-http"),
+    ],
+)  # fmt: skip
+def test_the_probe_says_no_unless_both_answers_come_on_a_kept_connection(
+    serve: type[RawServer], answer: Raw
+) -> None:
+    server = serve(answer)
+    with sender(server.url) as post:
+        assert post.probe_pipelining() is False
+        assert post.post(b"{}", {}).status == 200  # and the POSTs still go
+
+
+def test_the_probe_of_an_endpoint_that_is_down_asks_again_later(serve: type[RawServer]) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with sender(f"http://127.0.0.1:{port}/ingest") as post:
+        assert post.probe_pipelining() is None
