@@ -17,7 +17,9 @@ POST (the practical floor), ``requests.Session.post`` (with and without its
 per-call environment look-up), urllib3's pool (what a requests adapter
 sends through), and the per-request writer, once fed ready payloads (its
 send path) and once fed MetricsData (generator, encoding and send: the whole
-per-request path).
+per-request path), each with ``pipeline=1`` (one POST at a time, like for
+like with the others) and with its default (pipelined: the sink answers
+its probe).
 """
 
 from __future__ import annotations
@@ -151,8 +153,10 @@ def _cpu_urllib3(url: str, body: bytes, posts: int) -> float:
     return cpu
 
 
-def _cpu_writer(url: str, body: bytes, posts: int, whole_path: bool) -> float:
-    exporter = HTTPPayloadMetricExporter(url=url + "/ingest", payload_generator=json_payload)
+def _cpu_writer(url: str, body: bytes, posts: int, whole_path: bool, pipeline: int) -> float:
+    exporter = HTTPPayloadMetricExporter(
+        url=url + "/ingest", payload_generator=json_payload, pipeline=pipeline
+    )
     exports = [metrics_for(first, 100) for first in range(0, posts, 100)]
     payload = Payload(body, True, "request bench", 1)
     start = time.process_time()
@@ -177,8 +181,16 @@ def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
         ("requests.Session.post", lambda: _cpu_requests(url, body, posts)),
         ("  the same, trust_env=False", lambda: _cpu_requests(url, body, posts, False)),
         ("urllib3 pool urlopen", lambda: _cpu_urllib3(url, body, posts)),
-        ("writer, send path", lambda: _cpu_writer(url, body, posts, whole_path=False)),
-        ("writer, export + send", lambda: _cpu_writer(url, body, posts, whole_path=True)),
+        # The default pipelines (the sink answers the probe); pipeline=1 is
+        # like for like with the one-at-a-time POSTs above.
+        ("writer, send path, pipeline=1",
+         lambda: _cpu_writer(url, body, posts, whole_path=False, pipeline=1)),
+        ("writer, export + send, pipeline=1",
+         lambda: _cpu_writer(url, body, posts, whole_path=True, pipeline=1)),
+        ("writer, send path, default (pipelined)",
+         lambda: _cpu_writer(url, body, posts, whole_path=False, pipeline=16)),
+        ("writer, export + send, default (pipelined)",
+         lambda: _cpu_writer(url, body, posts, whole_path=True, pipeline=16)),
     ]
     results: dict[str, list[float]] = {label: [] for label, _ in variants}
     for _ in range(rounds):
@@ -188,13 +200,13 @@ def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
     print(
         f"\nclient CPU per POST ({posts} POSTs of {len(body)} bytes, median of {rounds} rounds)\n"
     )
-    header = f"{'path':28} {'us/POST':>8} {'spread':>15} {'vs raw':>7}"
+    header = f"{'path':42} {'us/POST':>8} {'spread':>15} {'vs raw':>7}"
     print(header)
     print("-" * len(header))
     for label, samples in results.items():
         median = statistics.median(samples)
         spread = f"[{min(samples):.0f}-{max(samples):.0f}]"
-        print(f"{label:28} {median:>8.1f} {spread:>15} {median / floor:>6.2f}x")
+        print(f"{label:42} {median:>8.1f} {spread:>15} {median / floor:>6.2f}x")
 
 
 def _one_request() -> list[list[Any]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import json
 import os
 import random
@@ -204,10 +205,11 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / CLOCK_TICK
 
 
-def _backends_cpu(victoria_metrics_pid: int) -> float:
+def _backends_cpu(victoria_metrics_pid: int | None) -> float:
     """CPU seconds of the backends sharing the machine: VictoriaMetrics and
-    this process, where the HTTP sink's threads run (wrk's is not counted)."""
-    return _cpu_seconds([victoria_metrics_pid]) + time.process_time()
+    this process, where the lean endpoints' threads run (wrk's is not counted)."""
+    vm = _cpu_seconds([victoria_metrics_pid]) if victoria_metrics_pid is not None else 0.0
+    return vm + time.process_time()
 
 
 def _settled_cpu(pids: list[int], limit: float = 60.0) -> float:
@@ -291,6 +293,20 @@ def _vm_request_ids(influx_url: str, variant: str) -> set[str]:
         return {json.loads(line)["metric"]["request_id"] for line in answer if line.strip()}
 
 
+def _lean_influx_request_ids(endpoint: LeanSink, variant: str) -> set[str]:
+    """Request IDs of the ``transaction`` lines tagged ``app=variant`` in the
+    line protocol POSTed to the lean endpoint standing in for InfluxDB."""
+    ids: set[str] = set()
+    for posted in endpoint.posts("/api/v2/write"):
+        body = gzip.decompress(posted.body) if posted.body[:2] == b"\x1f\x8b" else posted.body
+        for line in body.decode().splitlines():
+            measurement, *tags = line.split(" ", 1)[0].split(",")
+            pairs = dict(tag.split("=", 1) for tag in tags)
+            if measurement == "transaction" and pairs.get("app") == variant:
+                ids.add(pairs["request_id"])
+    return ids
+
+
 def _sqlite_request_ids(path: str) -> set[str]:
     connection = sqlite3.connect(path)
     try:
@@ -302,15 +318,18 @@ def _sqlite_request_ids(path: str) -> set[str]:
 
 
 def delivered(
-    variant: str, influx_url: str, sink: HTTPSink | LeanSink, sqlite_path: str
+    variant: str, influx: str | LeanSink, sink: HTTPSink | LeanSink, sqlite_path: str
 ) -> dict[str, int]:
-    """Distinct request IDs each target of ``variant`` holds."""
+    """Distinct request IDs each target of ``variant`` holds (``influx``:
+    VictoriaMetrics' URL, or the lean endpoint standing in for it)."""
     if variant == "sqlite":
         return {"SQLite": len(_sqlite_request_ids(sqlite_path))}
-    return {
-        "InfluxDB": len(_vm_request_ids(influx_url, variant)),
-        "HTTP": len(_sink_request_ids(sink, f"/{variant}")),
-    }
+    influx_ids = (
+        _lean_influx_request_ids(influx, variant)
+        if isinstance(influx, LeanSink)
+        else _vm_request_ids(influx, variant)
+    )
+    return {"InfluxDB": len(influx_ids), "HTTP": len(_sink_request_ids(sink, f"/{variant}"))}
 
 
 # -- the run ---------------------------------------------------------------------
@@ -323,16 +342,24 @@ def run(
     delay_ms: float = 0.0,
     sink_kind: str = "lean",
     worker_class: str = "sync",
+    influx_kind: str = "victoria-metrics",
 ) -> dict[str, Any]:
     results: dict[str, Any] = {name: {"runs": []} for name in variants}
     served = dict.fromkeys(variants, 0)
     with (
         tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
-        start_victoria_metrics(Path(tmp) / "vm") as vm,
         (LeanSink() if sink_kind == "lean" else HTTPSink()) as sink,
         contextlib.ExitStack() as stack,
     ):
-        influx_url = vm.url
+        influx: str | LeanSink
+        vm_pid: int | None = None
+        if influx_kind == "lean":
+            influx = stack.enter_context(LeanSink())
+            influx_url = influx.url
+        else:
+            vm = stack.enter_context(start_victoria_metrics(Path(tmp) / "vm"))
+            influx = influx_url = vm.url
+            vm_pid = vm.process.pid
         sqlite_path = str(Path(tmp) / "chest.sqlite3")
         env = {"BENCH_INFLUX_URL": influx_url, "BENCH_SINK_URL": sink.url,
                "BENCH_SQLITE": sqlite_path, "PYTHONPATH": str(ROOT)}  # fmt: skip
@@ -350,10 +377,10 @@ def run(
                 url, master = servers[name]
                 pids = _workers(master)
                 before = _settled_cpu(pids)
-                backends_before = _backends_cpu(vm.process.pid)
+                backends_before = _backends_cpu(vm_pid)
                 measured = wrk(url, seconds, delay_ms)
                 after = _settled_cpu(pids)
-                backends = _backends_cpu(vm.process.pid) - backends_before
+                backends = _backends_cpu(vm_pid) - backends_before
                 measured["cpu_us_per_request"] = (after - before) / measured["requests"] * 1e6
                 measured["backend_cpu_us_per_request"] = backends / measured["requests"] * 1e6
                 served[name] += int(measured["requests"])
@@ -363,7 +390,7 @@ def run(
             if name in DELIVERING:
                 deadline = time.monotonic() + 120
                 while True:
-                    got = delivered(name, influx_url, sink, sqlite_path)
+                    got = delivered(name, influx, sink, sqlite_path)
                     if all(count >= served[name] for count in got.values()):
                         break
                     if time.monotonic() > deadline:
@@ -434,13 +461,19 @@ def main() -> None:
         help="the custom writer's endpoint: lean_sink.py, or the tests' threaded http.server",
     )  # fmt: skip
     parser.add_argument(
+        "--influx", choices=("victoria-metrics", "lean"), default="victoria-metrics",
+        help="the InfluxDB chest's endpoint: VictoriaMetrics on the same cores, or a lean "
+        "endpoint that keeps the lines (a TSDB elsewhere)",
+    )  # fmt: skip
+    parser.add_argument(
         "--delay-ms", type=float, default=0.0,
         help="each connection waits this long before each request (below saturation)",
     )  # fmt: skip
     args = parser.parse_args()
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
     results = run(
-        rounds, seconds, args.variants.split(","), args.delay_ms, args.sink, args.worker_class
+        rounds, seconds, args.variants.split(","), args.delay_ms, args.sink, args.worker_class,
+        args.influx,
     )
     print(json.dumps(results) if args.json else table(results))
 

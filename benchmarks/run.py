@@ -281,7 +281,10 @@ HALF_RATE_DELAY_MS = 2
 
 
 def load_rows(
-    results: dict[str, Any], section: str = "load: gunicorn -w 2 + wrk", targets: bool = True
+    results: dict[str, Any],
+    section: str = "load: gunicorn -w 2 + wrk",
+    targets: bool = True,
+    backends: str = "VictoriaMetrics + HTTP sink, same 2 cores",
 ) -> list[Row]:
     """gunicorn sync -w 2 + wrk: each variant against prometheus-flask-exporter,
     as the median of each round's ratio (targets of issue 15 for our modes, at
@@ -319,7 +322,7 @@ def load_rows(
             rows.append((
                 section, f"{name}: backends' CPU us/request",
                 spread(result["backend_cpu_us_per_request"], 0),
-                "VictoriaMetrics + HTTP sink, same 2 cores", "", "", "info",
+                backends, "", "", "info",
             ))  # fmt: skip
             rows.append((
                 section, f"{name}: delivered",
@@ -383,6 +386,11 @@ def main() -> None:
         "--variants", "prometheus,sqlite,batched,per_request", *quick,
     )  # fmt: skip
     step("load, gthread workers")
+    results["load_lean_influx"] = _json(
+        "bench_load.py", "--json", "--influx", "lean",
+        "--variants", "prometheus,batched,per_request", *quick,
+    )  # fmt: skip
+    step("load, InfluxDB endpoint off the cores")
     results["record_path"] = _json("bench_record_path.py", *(["--rounds", "5"] if quick else []))
     step("record_path")
 
@@ -393,6 +401,10 @@ def main() -> None:
         results["load_half"], f"load: wrk delay {HALF_RATE_DELAY_MS} ms (~half rate)", targets=False
     )
     rows += load_rows(results["load_gthread"], "load: gthread -w 2 --threads 4 + wrk")
+    rows += load_rows(
+        results["load_lean_influx"], "load: -w 2, lean endpoint for InfluxDB", targets=False,
+        backends="lean endpoints (InfluxDB lines, HTTP sink), same 2 cores",
+    )  # fmt: skip
     rows += _parsed(influx_rows, influx_text, "export: InfluxDB", "bench_influxdb.py")
     rows += _parsed(http_writer_rows, writer_text, "export: HTTP writer", "bench_http_writer.py")
     rows += memory_rows(results["memory"])
