@@ -259,14 +259,9 @@ class Sender:
             return self._post_requests_many(posts)
         deadline = time.monotonic() + self.total_timeout
         message = b"".join(self._message(body, headers) for body, headers in posts)
-        reused = self._sock is not None and not _dropped(self._sock)
-        if not reused:
-            self.close()
         answers: list[Answer] = []
         try:
-            sock = self._sock if reused else self._connect(deadline)
-            assert sock is not None
-            self._sock = sock
+            sock = self._socket(deadline)
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(message)
             reader = AnswerReader(sock, deadline)
@@ -302,13 +297,8 @@ class Sender:
         if self._session is not None or self.unsendable_header is not None:
             return False
         deadline = time.monotonic() + min(self.total_timeout, PROBE_SECONDS)
-        reused = self._sock is not None and not _dropped(self._sock)
-        if not reused:
-            self.close()
         try:
-            sock = self._sock if reused else self._connect(deadline)
-            assert sock is not None
-            self._sock = sock
+            sock = self._socket(deadline)
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(self._probe * 2)
         except OSError:
@@ -331,6 +321,15 @@ class Sender:
             extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
             head = self._heads[key] = self._head + extra + b"Content-Length: "
         return b"%s%d\r\n\r\n%s" % (head, len(body), body)
+
+    def _socket(self, deadline: float) -> socket.socket:
+        """The kept-alive connection, unless the server closed it meanwhile;
+        else a new one."""
+        if self._sock is not None and not _dropped(self._sock):
+            return self._sock
+        self.close()
+        self._sock = self._connect(deadline)
+        return self._sock
 
     def _connect(self, deadline: float) -> socket.socket:
         timeout = min(self._connect_timeout, max(deadline - time.monotonic(), 0.001))
