@@ -23,7 +23,11 @@ posting once per request, the sample usage's default: pipelined up to 16
 POSTs at once, as the endpoint answers pipelined requests),
 ``per_request_unpipelined`` (the same with ``pipeline=1``: one at a time).
 
-    python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick]
+The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
+``--influx lean`` to a lean endpoint that keeps the lines (a TSDB on
+another machine); the request IDs are read back from either.
+
+    python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
 """
 
 from __future__ import annotations
