@@ -42,7 +42,11 @@ class RawServer:
     with ``OK``), and counts connections and requests."""
 
     def __init__(
-        self, *answers: Raw, pipelining: bool = True, pipelined_requests: int | None = None
+        self,
+        *answers: Raw,
+        pipelining: bool = True,
+        pipelined_requests: int | None = None,
+        port: int = 0,
     ) -> None:
         #: False: whatever came behind a request is dropped unanswered, as a
         #: proxy that does not take pipelined requests might; only from the
@@ -54,7 +58,7 @@ class RawServer:
         self.requests = 0
         #: The method of each request read.
         self.methods: list[str] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
         self._listener.settimeout(0.1)
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/ingest"
         self._stop = threading.Event()
@@ -72,6 +76,12 @@ class RawServer:
             threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
 
     def _answer(self, connection: socket.socket) -> None:
+        try:
+            self._serve_connection(connection)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # the client hung up (after an answer it took for the last)
+
+    def _serve_connection(self, connection: socket.socket) -> None:
         with connection:
             buffer = b""
             while not self._stop.is_set():
@@ -113,10 +123,14 @@ def serve() -> Iterator[type[RawServer]]:
 
     class Started(RawServer):
         def __init__(
-            self, *answers: Raw, pipelining: bool = True, pipelined_requests: int | None = None
+            self,
+            *answers: Raw,
+            pipelining: bool = True,
+            pipelined_requests: int | None = None,
+            port: int = 0,
         ) -> None:
             super().__init__(
-                *answers, pipelining=pipelining, pipelined_requests=pipelined_requests
+                *answers, pipelining=pipelining, pipelined_requests=pipelined_requests, port=port
             )
             servers.append(self)
 
@@ -375,9 +389,32 @@ def test_the_probe_says_no_unless_both_answers_come_on_a_kept_connection(
         assert post.post(b"{}", {}).status == 200  # and the POSTs still go
 
 
-def test_the_probe_of_an_endpoint_that_is_down_asks_again_later(serve: type[RawServer]) -> None:
+def test_the_probe_of_an_endpoint_that_is_down_is_undecided() -> None:
+    """None, not False: the writer asks again at its next send."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     with sender(f"http://127.0.0.1:{port}/ingest") as post:
         assert post.probe_pipelining() is None
+
+
+def test_an_endpoint_down_at_first_is_probed_again_once_it_is_up(serve: type[RawServer]) -> None:
+    """No answer to the probe is no verdict: the writer retries its POSTs,
+    probes again when it next sends, and pipelines once the endpoint is up."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    exporter = pipelined_writer(f"http://127.0.0.1:{port}/ingest")
+    try:
+        exporter.export(recorded(*[(f"r{number}", [("v", number)]) for number in range(6)]))
+        deadline = time.monotonic() + 5
+        while exporter.stats.retried == 0:
+            assert time.monotonic() < deadline, "the writer never tried to send"
+            time.sleep(0.01)
+        assert exporter._pipelining is None
+        server = serve(port=port)
+        assert exporter.force_flush(10_000)
+        assert server.methods == ["OPTIONS", "OPTIONS"] + ["POST"] * 6
+        assert exporter._pipelining is True and exporter.stats.exported == 6
+    finally:
+        exporter.shutdown(1_000)
