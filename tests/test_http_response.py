@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -122,16 +123,8 @@ def serve() -> Iterator[type[RawServer]]:
     servers: list[RawServer] = []
 
     class Started(RawServer):
-        def __init__(
-            self,
-            *answers: Raw,
-            pipelining: bool = True,
-            pipelined_requests: int | None = None,
-            port: int = 0,
-        ) -> None:
-            super().__init__(
-                *answers, pipelining=pipelining, pipelined_requests=pipelined_requests, port=port
-            )
+        def __init__(self, *answers: Raw, **options: Any) -> None:
+            super().__init__(*answers, **options)
             servers.append(self)
 
     yield Started
