@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import requests
 
-from flask_chest_otel._http_sender import Sender
 from flask_chest_otel.http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 
 from .http_sink import HTTPSink, Reply
 from .test_gunicorn import REPO, free_port, wait_until_serving
 from .test_http_payload import cust_payload_generator, deliver, recorded
+from .test_http_response import sender
 
 
 @pytest.fixture
@@ -204,9 +204,5 @@ def test_against_gunicorn_the_probe_tells_which_workers_take_pipelined_posts(
 def test_go_servers_answer_the_probe(vm: Any, influxd: Any) -> None:
     """VictoriaMetrics and influxd (Go's net/http) answer pipelined requests."""
     for url in (f"{vm.url}/api/v2/write?bucket=b", f"{influxd.url}/write?db=probe"):
-        post = Sender(url=url, headers={}, params=None, proxies=None, verify=True,
-                      timeout=5.0, session=None, what="writer")  # fmt: skip
-        try:
+        with sender(url) as post:
             assert post.probe_pipelining() is True, url
-        finally:
-            post.close()

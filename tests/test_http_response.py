@@ -22,6 +22,7 @@ import pytest
 from flask_chest_otel._http_sender import EXCERPT, Sender, SendError
 from flask_chest_otel.http_payload import HTTPPayloadMetricExporter
 
+from .servers import free_port
 from .test_http_payload import cust_payload_generator, recorded
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK"
@@ -384,9 +385,7 @@ def test_the_probe_says_no_unless_both_answers_come_on_a_kept_connection(
 
 def test_the_probe_of_an_endpoint_that_is_down_is_undecided() -> None:
     """None, not False: the writer asks again at its next send."""
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = free_port()
     with sender(f"http://127.0.0.1:{port}/ingest") as post:
         assert post.probe_pipelining() is None
 
@@ -394,9 +393,7 @@ def test_the_probe_of_an_endpoint_that_is_down_is_undecided() -> None:
 def test_an_endpoint_down_at_first_is_probed_again_once_it_is_up(serve: type[RawServer]) -> None:
     """No answer to the probe is no verdict: the writer retries its POSTs,
     probes again when it next sends, and pipelines once the endpoint is up."""
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = free_port()
     exporter = pipelined_writer(f"http://127.0.0.1:{port}/ingest")
     try:
         exporter.export(recorded(*[(f"r{number}", [("v", number)]) for number in range(6)]))
