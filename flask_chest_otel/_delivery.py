@@ -89,13 +89,22 @@ class Outcome:
     ``retry_after`` is the server's ``Retry-After`` in seconds, if it gave one.
     ``message`` is logged for RETRY and REJECTED; it must never hold a secret.
     ``delivered`` lets a REJECTED outcome say how many items of the batch
-    nevertheless reached the backend (a partial write).
+    nevertheless reached the backend (a partial write), and a RETRY how many
+    the backend took and the retry will not send again.
+
+    ``refused`` and ``unencodable`` count items of the batch that ``_send``
+    dropped on its own, the backend having refused them alone or the hook
+    having failed to encode them: ``_send`` logs them, the drain loop counts
+    them (``dropped_rejected``, ``dropped_encoding``) once the batch is done,
+    never as exported. A RETRY's are not counted: the retry finds them again.
     """
 
     status: Status
     message: str = ""
     retry_after: float | None = None
     delivered: int = 0
+    refused: int = 0
+    unencodable: int = 0
 
 
 DELIVERED = Outcome(Status.DELIVERED)
@@ -714,6 +723,9 @@ class BufferedExporter(MetricExporter, Generic[Item]):
     def _drop_rejected(self, count: int, message: str) -> None:
         """Counts and logs ``count`` items the backend refused for good."""
         self.stats.dropped_rejected += count
+        self._log_rejected(count, message)
+
+    def _log_rejected(self, count: int, message: str) -> None:
         self._log.log(
             logging.ERROR,
             "rejected",
@@ -751,7 +763,9 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             status = outcome.status
             if status is Status.DELIVERED:
                 self._discard(len(batch))
-                self.stats.exported += len(batch)
+                self.stats.exported += len(batch) - outcome.refused - outcome.unencodable
+                self.stats.dropped_rejected += outcome.refused
+                self.stats.dropped_encoding += outcome.unencodable
                 attempt = 0
                 narrowing = max(0, narrowing - len(batch))
                 if not narrowing:
@@ -778,12 +792,15 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             elif status in (Status.REJECTED, Status.TOO_LARGE):
                 self._discard(len(batch))
                 self.stats.exported += outcome.delivered
+                self.stats.dropped_encoding += outcome.unencodable
                 narrowing = max(0, narrowing - len(batch))
-                self._drop_rejected(len(batch) - outcome.delivered, outcome.message)
+                self._drop_rejected(
+                    len(batch) - outcome.delivered - outcome.unencodable, outcome.message
+                )
                 attempt = 0
             else:
                 attempt += 1
-                self.stats.retried += len(batch)
+                self.stats.retried += len(batch) - outcome.delivered
                 delay = backoff_delay(
                     attempt, self.retry_initial, self.retry_max, outcome.retry_after
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import requests
@@ -190,10 +190,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self.pipeline = pipeline
         #: Whether POSTs are pipelined: None until ``probe_pipelining`` answered.
         self._pipelining: bool | None = None if pipeline > 1 and self._sender.direct else False
-        #: Payloads of a pipelined batch the server took while an earlier one
-        #: of the batch is to be retried: the retry skips them (by identity;
-        #: held here so that no other object can take their id meanwhile).
-        self._sent_ahead: dict[int, Payload] = {}
+        #: Payloads of a pipelined batch the server answered while an earlier
+        #: one of the batch is to be retried, and whether it refused them for
+        #: good: the retry skips them (by identity; held here so that no
+        #: other object can take their id meanwhile).
+        self._sent_ahead: dict[int, tuple[Payload, bool]] = {}
         if per_request:
             # A request's POST goes as soon as it is encoded: pipelining
             # takes what waits then, it does not wait to fill a batch.
@@ -298,12 +299,21 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         retryable failure, the payloads the server took (before or behind
         the failed one) are remembered and skipped by the retry, which
         starts at the same oldest payload: nothing is sent twice, unless the
-        buffer dropped the batch's head meanwhile (then at most once more)."""
+        buffer dropped the batch's head meanwhile (then at most once more).
+        The refused are counted when the batch is done (``Outcome.refused``),
+        so that a payload the buffer drops before is counted once."""
         ahead, self._sent_ahead = self._sent_ahead, {}
         todo: list[Payload] = []
         taken: list[Payload] = []
+        refused: set[int] = set()  # ids of the taken payloads refused for good
         for payload in batch:
-            (taken if ahead.get(id(payload)) is payload else todo).append(payload)
+            seen = ahead.get(id(payload))
+            if seen is None or seen[0] is not payload:
+                todo.append(payload)
+                continue
+            taken.append(payload)
+            if seen[1]:
+                refused.add(id(payload))
         if self._pipelining is None and len(todo) > 1:
             self._probe()
         window = self.pipeline if self._pipelining else 1
@@ -315,27 +325,32 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             except SendError as exc:
                 outcome = self._send_error(exc, todo[0])
                 if exc.retry:
-                    self._remember(taken)
-                    return outcome
+                    return self._retry_later(outcome, taken, refused)
                 # Refused for good (a header HTTP cannot carry): the rest goes.
-                done = len(batch) - len(todo)
-                return Outcome(outcome.status, outcome.message, delivered=done)
+                delivered = len(taken) - len(refused)
+                return Outcome(outcome.status, outcome.message, delivered=delivered)
             if self._sender.pipeline_broke:
                 self._stop_pipelining()
                 window = 1
             for number, (payload, answer) in enumerate(zip(todo, answers, strict=False)):
                 outcome = self._judge(answer, payload)
                 if outcome.status is Status.RETRY:
-                    later = todo[number + 1 : len(answers)]
-                    taken += [p for p, a in zip(later, answers[number + 1 :], strict=True)
-                              if a.status in self.success_status_codes]  # fmt: skip
-                    self._remember(taken)
-                    return outcome
-                if outcome.status is not Status.DELIVERED:
-                    self._drop_refused(outcome)
-                taken.append(payload)
+                    # The answers behind it: the taken are not sent again, the
+                    # refused are logged now; the rest (retryable) goes again.
+                    behind = todo[number + 1 : len(answers)]
+                    for later, answer in zip(behind, answers[number + 1 :], strict=True):
+                        judged = self._judge(answer, later)
+                        if judged.status is Status.DELIVERED:
+                            taken.append(later)
+                        elif judged.status is not Status.RETRY:
+                            self._refuse(later, judged, taken, refused)
+                    return self._retry_later(outcome, taken, refused)
+                if outcome.status is Status.DELIVERED:
+                    taken.append(payload)
+                else:
+                    self._refuse(payload, outcome, taken, refused)
             todo = todo[len(answers) :]
-        return DELIVERED
+        return Outcome(Status.DELIVERED, refused=len(refused)) if refused else DELIVERED
 
     def _probe(self) -> None:
         """Asks the endpoint whether it answers pipelined requests (once; again
@@ -366,15 +381,20 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 self.pipeline,
             )
 
-    def _remember(self, taken: list[Payload]) -> None:
-        self._sent_ahead = {id(payload): payload for payload in taken}
+    def _refuse(
+        self, payload: Payload, outcome: Outcome, taken: list[Payload], refused: set[int]
+    ) -> None:
+        """One payload of a batch refused for good: logged now, done with,
+        and counted with the batch (``Outcome.refused``)."""
+        self._log_rejected(1, outcome.message)
+        taken.append(payload)
+        refused.add(id(payload))
 
-    def _drop_refused(self, outcome: Outcome) -> None:
-        """One payload of a batch refused for good: dropped, counted and
-        logged as the drain loop does for a batch (which then counts the
-        whole batch as exported)."""
-        self.stats.exported -= 1
-        self._drop_rejected(1, outcome.message)
+    def _retry_later(self, outcome: Outcome, taken: list[Payload], refused: set[int]) -> Outcome:
+        """``outcome`` (a RETRY), the batch's answered payloads remembered for
+        the retry to skip."""
+        self._sent_ahead = {id(payload): (payload, id(payload) in refused) for payload in taken}
+        return replace(outcome, delivered=len(taken))
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
         merged = [_context_tuple(flat) for group in paced(batch) for flat in group]
@@ -398,20 +418,19 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             try:
                 serialise(self.payload_generator(tuples))
             except Exception as exc:
-                self.stats.dropped_encoding += 1
                 self._log_generator_failure(_label(tuples)[0], exc)
             else:
                 good.append(group)
+        # The skipped are counted with the batch (``Outcome.unencodable``).
         skipped = len(batch) - len(good)
-        # Delivery counts the whole batch as exported; the skipped were not.
-        self.stats.exported -= skipped
         if not good:
-            return DELIVERED
+            return Outcome(Status.DELIVERED, unencodable=skipped)
         if skipped == 0:  # fails on the whole only: send one by one
             outcomes = [self._send_batched([group]) for group in good]
             failed = [outcome for outcome in outcomes if outcome.status is not Status.DELIVERED]
             return failed[0] if failed else DELIVERED
-        return self._send_batched(good)
+        outcome = self._send_batched(good)
+        return replace(outcome, unencodable=outcome.unencodable + skipped)
 
     def _post(self, payload: Payload) -> Outcome:
         try:

@@ -103,7 +103,7 @@ class _WriteExporter(BufferedExporter[list[ContextTuple]]):
                     self._discard(done)
                     self.stats.exported += done
                 text = f"{type(exc).__name__}: {exc}"[:_EXCEPTION_EXCERPT]
-                return Outcome(Status.RETRY, f"write() raised {text}")
+                return Outcome(Status.RETRY, f"write() raised {text}", delivered=done)
         return DELIVERED
 
 

@@ -627,6 +627,48 @@ def test_a_generator_that_raises_is_logged_with_the_request_id_and_skipped(
     assert len(sink.posts()) == 3
 
 
+def generator_failing_on(request_id: str) -> Callable[[list[Any]], Any]:
+    """The sample generator, raising for any list that holds ``request_id``."""
+
+    def generator(tuples: list[Any]) -> Any:
+        if any(item.request_id == request_id for item in tuples):
+            raise KeyError("response_time")
+        return cust_payload_generator(tuples)
+
+    return generator
+
+
+def test_batched_a_request_the_generator_fails_on_is_counted_once_across_a_retry(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Batched: the generator fails on one request, the others' POST gets a
+    503 and then goes through. The failing request is dropped once, not once
+    per attempt, and the others are exported."""
+    sink.script(Reply(503, headers={"Retry-After": "0"}))
+    exporter = make_exporter(per_request=False, payload_generator=generator_failing_on("bad"))
+    data = recorded(("r1", [("transaction", 1)]), ("bad", [("transaction", 1)]), ("r3", [("x", 2)]))
+    assert not deliver(exporter, data)  # a request dropped while sending fails the flush
+    assert [[item[2] for item in post.json().values()] for post in sink.posts()] == [
+        ["r1", "r3"], ["r1", "r3"]
+    ]  # fmt: skip
+    stats = exporter.stats
+    assert (stats.exported, stats.dropped_encoding, stats.dropped, stats.retried) == (2, 1, 1, 3)
+
+
+def test_batched_a_request_the_generator_fails_on_in_a_batch_the_server_refuses(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Batched: the generator fails on one request and the server refuses the
+    others' POST for good (401): one dropped for encoding, two as refused,
+    none exported (not minus one)."""
+    sink.script(Reply(401, b"no token"))
+    exporter = make_exporter(per_request=False, payload_generator=generator_failing_on("bad"))
+    data = recorded(("r1", [("transaction", 1)]), ("bad", [("transaction", 1)]), ("r3", [("x", 2)]))
+    assert not deliver(exporter, data)
+    stats = exporter.stats
+    assert (stats.exported, stats.dropped_encoding, stats.dropped_rejected) == (0, 1, 2)
+
+
 @pytest.mark.parametrize(
     "result",
     [{1, 2}, object(), {("a", "b"): 1}, {"when": datetime(2024, 1, 1)}],

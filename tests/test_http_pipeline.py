@@ -23,6 +23,7 @@ import requests
 
 from flask_chest_otel.http_payload import FlaskChestCustomWriter, HTTPPayloadMetricExporter
 
+from .conftest import wait_for
 from .http_sink import HTTPSink, Reply
 from .test_gunicorn import REPO, free_port, wait_until_serving
 from .test_http_payload import cust_payload_generator, deliver, recorded
@@ -109,6 +110,46 @@ def test_a_refused_request_inside_a_pipeline_is_dropped_alone(
     assert exporter.stats.exported == 7 and exporter.stats.dropped_rejected == 1
     [message] = [record.getMessage() for record in caplog.records]
     assert "HTTP 400" in message and "request r3" in message and "bad r3" in message, message
+
+
+def test_a_request_refused_behind_a_503_is_dropped_once_and_not_sent_again(
+    sink: HTTPSink,
+    make_exporter: Callable[..., HTTPPayloadMetricExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 400 behind a 503 in one pipeline: it is logged and done with, like
+    the 200s behind it; the retry sends the 503's request alone, and each
+    request is counted once, only the refused one as dropped."""
+    sink.script(Reply(503, headers={"Retry-After": "0"}), Reply(400, b"bad r1"))
+    exporter = make_exporter()
+    with caplog.at_level(logging.ERROR):
+        assert not deliver(exporter, requests_(4))  # a refused item fails the flush
+    assert posted_ids(sink) == ["r0", "r1", "r2", "r3", "r0"]
+    stats = exporter.stats
+    assert (stats.exported, stats.dropped_rejected, stats.dropped, stats.retried) == (3, 1, 1, 1)
+    [message] = [record.getMessage() for record in caplog.records]
+    assert "HTTP 400" in message and "request r1" in message, message
+
+
+def test_a_refused_request_the_buffer_drops_before_the_retry_is_counted_once(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """r0 is refused, then r1 gets a 503; while r1's retry waits, 4 newer
+    requests overflow the 4-item buffer, which drops r0-r3. Each request is
+    counted once: the 4 newer ones as exported, r0-r3 as dropped from the
+    buffer (r0 is not counted as refused too, nor is an export taken back
+    for it)."""
+    sink.script(Reply(400, b"bad r0"), Reply(503, headers={"Retry-After": "1"}))
+    exporter = make_exporter(max_buffer_items=4, retry_max=2.0)
+    exporter.export(requests_(4))
+    wait_for(lambda: len(sink.posts()) == 4, timeout=5)
+    newer = recorded(*[(f"n{number}", [("transaction", number)]) for number in range(4)])
+    exporter.export(newer)
+    assert exporter.force_flush(timeout_millis=5_000)
+    assert posted_ids(sink)[4:] == ["n0", "n1", "n2", "n3"]
+    stats = exporter.stats
+    assert (stats.exported, stats.dropped_buffer_full, stats.dropped_rejected) == (4, 4, 0)
+    assert stats.exported + stats.dropped == 8 and stats.buffered == 0
 
 
 def test_a_server_closing_after_an_answer_gets_the_rest_on_a_new_connection(
