@@ -6,11 +6,18 @@ ready-made before the clock starts (the issue's yardstick), and built with
 without this library). The exporter runs with and without gzip, to compare
 like with like.
 
+VictoriaMetrics runs on the same 2 cores, and registering one new series per
+point (each request ID is a tag) costs it far more CPU than any writer
+spends: its CPU per point is printed beside the writers', with what that
+makes the ceiling of any writer that must encode the lines against one that
+gets them ready (the same CPU budget shared by writer and database).
+
 Run: ``python benchmarks/bench_influxdb.py`` (needs ``victoria-metrics``).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -100,6 +107,15 @@ def best_of(runs: int, work: object) -> float:
 
 #: (wall seconds, CPU seconds of this process, every thread) of one write.
 Timing = tuple[float, float]
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+#: Seconds VictoriaMetrics' CPU is still counted after a write returned.
+SETTLE = 0.5
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, every thread."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
 def through_exporter(url: str, data: MetricsData, gzip: bool) -> Timing:
@@ -175,25 +191,52 @@ def main() -> None:
         # Rotate the writers, each on fresh series, and take medians:
         # whichever writes first into a new VictoriaMetrics pays its warm-up.
         runs: dict[str, list[Timing]] = {label: [] for label, _ in WRITERS}
+        vm_cpu: dict[str, list[float]] = {label: [] for label, _ in WRITERS}
         for round_number in range(ROUNDS):
             for label, write in WRITERS[round_number:] + WRITERS[:round_number]:
-                runs[label].append(write(vm.url, decorated_data(N)))
+                data = decorated_data(N)
+                before = cpu_seconds(vm.process.pid)
+                runs[label].append(write(vm.url, data))
+                time.sleep(SETTLE)
+                vm_cpu[label].append(cpu_seconds(vm.process.pid) - before)
     print(
         f"\nend to end into VictoriaMetrics (same machine), median (min-max) of {ROUNDS} "
-        "rounds; CPU: this process, every thread"
+        "rounds; CPU: this process, every thread; VM CPU: VictoriaMetrics' meanwhile "
+        f"(and {SETTLE} s after); cores busy: both CPUs over 2 cores x wall time"
     )
-    print(f"{'what':<70} {'points/s':>12} {'us/point':>9} {'CPU us/point':>13} {'spread':>18}")
+    print(
+        f"{'what':<70} {'points/s':>12} {'us/point':>9} {'CPU us/point':>13} {'spread':>18} "
+        f"{'VM CPU us/pt':>13} {'cores busy':>11}"
+    )
     medians: dict[str, float] = {}
+    per_point: dict[str, tuple[float, float]] = {}
     for label, timings in runs.items():
         walls = [wall for wall, _ in timings]
         medians[label] = wall = statistics.median(walls)
         cpu = statistics.median(cpu for _, cpu in timings)
+        vm_us = statistics.median(vm_cpu[label]) / N * 1e6
+        per_point[label] = (cpu / N * 1e6, vm_us)
+        busy = statistics.median(
+            (cpu_s + vm_s) / (2 * wall_s)
+            for (wall_s, cpu_s), vm_s in zip(timings, vm_cpu[label], strict=True)
+        )
         spread = f"{N / max(walls):,.0f}-{N / min(walls):,.0f}"
         print(
             f"{label:<70} {N / wall:>12,.0f} {wall / N * 1e6:>9.2f} {cpu / N * 1e6:>13.2f} "
-            f"{spread:>18}"
+            f"{spread:>18} {vm_us:>13.2f} {busy:>11.2f}"
         )
     ours, ours_raw, client_gzip, client_raw, client_point = (label for label, _ in WRITERS)
+    # With the cores busy, points/s ~ 2 cores / (writer CPU + VM CPU) per
+    # point: a writer that must encode pays at least the encoding on top of
+    # what the ready-lines client pays.
+    client_cpu, client_vm = per_point[client_raw]
+    encode_us = ours_s / N * 1e6
+    ceiling = (client_cpu + client_vm) / (client_cpu + client_vm + encode_us)
+    print(
+        f"ceiling of any writer that encodes, against the client with lines ready, no gzip "
+        f"(CPU model): {ceiling:.2f} = ({client_cpu:.2f} + {client_vm:.2f}) / "
+        f"({client_cpu:.2f} + {client_vm:.2f} + {encode_us:.2f} encoding) us/point"
+    )
     print(f"end-to-end: exporter / faster plain client: "
           f"{min(medians[client_gzip], medians[client_raw]) / medians[ours]:.2f}")
     print(f"like for like: exporter / client, both gzip: "
