@@ -10,7 +10,9 @@ the requests served (read back from VictoriaMetrics, the HTTP sink and the
 SQLite files at the end). "backends us/req" is the CPU the backends spent
 per request meanwhile (VictoriaMetrics, and the HTTP sink's threads in this
 process): they share the 2 cores with the workers, which prometheus'
-variant does not pay for. Medians over rounds with min-max spread; ratios
+variant does not pay for. "req/s ceiling" is what that alone leaves a
+variant whose workers would spend no more CPU than prometheus' (at
+saturation; see ``rps_ceiling``). Medians over rounds with min-max spread; ratios
 against prometheus-flask-exporter are the medians of each round's ratio.
 
 Variants: ``plain`` (no instrumentation), ``prometheus``
@@ -420,11 +422,31 @@ def round_ratio(result: dict[str, Any], base: dict[str, Any], key: str) -> float
     return statistics.median(ours[key] / theirs[key] for ours, theirs in pairs)
 
 
+def rps_ceiling(result: dict[str, Any], base: dict[str, Any]) -> float:
+    """The req/s against prometheus' that the variant would reach at
+    saturation if its workers spent no more CPU per request than
+    prometheus' do, paying only its backends' CPU on the same cores (beyond
+    what they spent during prometheus' run): each round, the cores' time per
+    prometheus request (cores / its req/s: its workers, wrk, the kernel) over
+    that plus the variant's extra backend CPU per request; the median of
+    rounds. Only meaningful at saturation (both cores busy)."""
+    cores = os.cpu_count() or 1
+    ceilings = []
+    for ours, theirs in zip(result["runs"], base["runs"], strict=True):
+        per_request = cores * 1e6 / theirs["rps"]
+        extra = max(
+            0.0, ours["backend_cpu_us_per_request"] - theirs["backend_cpu_us_per_request"]
+        )
+        ceilings.append(per_request / (per_request + extra))
+    return statistics.median(ceilings)
+
+
 def table(results: dict[str, Any]) -> str:
     base = results.get("prometheus")
     lines = [
         f"{'variant':<22} {'req/s':>16} {'p50 ms':>14} {'p99 ms':>16} {'CPU us/req':>18}"
-        f" {'vs prometheus (req/s, p99, CPU)':>32} {'backends us/req':>16}  delivered/served"
+        f" {'vs prometheus (req/s, p99, CPU)':>32} {'backends us/req':>16}"
+        f" {'req/s ceiling':>14}  delivered/served"
     ]
     for name, result in results.items():
         cells = []
@@ -444,8 +466,11 @@ def table(results: dict[str, Any]) -> str:
             if got else "-"
         )
         backends = f"{result['backend_cpu_us_per_request']['median']:.0f}"
+        ceiling = "-"
+        if base is not None and name != "prometheus" and got:
+            ceiling = f"{rps_ceiling(result, base):.2f}x"
         lines.append(f"{name:<22} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
-                     f" {ratios:>32} {backends:>16}  {delivery}")  # fmt: skip
+                     f" {ratios:>32} {backends:>16} {ceiling:>14}  {delivery}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _common import http_sink, victoria_metrics  # noqa: E402
-from bench_load import round_ratio  # noqa: E402
+from bench_load import round_ratio, rps_ceiling  # noqa: E402
 
 RESULTS = HERE / "results" / "latest.json"
 
@@ -288,6 +288,7 @@ def load_rows(
     section: str = "load: gunicorn -w 2 + wrk",
     targets: bool = True,
     backends: str = "VictoriaMetrics + HTTP sink, same 2 cores",
+    saturated: bool = True,
 ) -> list[Row]:
     """gunicorn sync -w 2 + wrk: each variant against prometheus-flask-exporter,
     as the median of each round's ratio (targets of issue 15 for our modes, at
@@ -327,6 +328,12 @@ def load_rows(
                 spread(result["backend_cpu_us_per_request"], 0),
                 backends, "", "", "info",
             ))  # fmt: skip
+            if saturated:
+                rows.append((
+                    section, f"{name}: req/s ceiling, backends on these cores", "",
+                    "prometheus, at its workers' CPU", f"{rps_ceiling(result, base):.2f}x", "",
+                    "info",
+                ))  # fmt: skip
             rows.append((
                 section, f"{name}: delivered",
                 ", ".join(f"{target} {count}" for target, count in delivered.items()),
@@ -401,8 +408,9 @@ def main() -> None:
     rows += record_path_rows(results["record_path"])
     rows += load_rows(results["load"])
     rows += load_rows(
-        results["load_half"], f"load: wrk delay {HALF_RATE_DELAY_MS} ms (~half rate)", targets=False
-    )
+        results["load_half"], f"load: wrk delay {HALF_RATE_DELAY_MS} ms (~half rate)",
+        targets=False, saturated=False,
+    )  # fmt: skip
     rows += load_rows(results["load_gthread"], "load: gthread -w 2 --threads 4 + wrk")
     rows += load_rows(
         results["load_lean_influx"], "load: -w 2, lean endpoint for InfluxDB", targets=False,
