@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
@@ -63,6 +63,8 @@ class Payload:
 #: never reaches the oldest generation, whose full passes pause requests.
 Tuples = tuple[FlatTuple, ...]
 Item = Payload | Tuples
+#: A payload (per-request mode) or a request's tuples (batched).
+T = TypeVar("T", Payload, Tuples)
 
 
 class HTTPPayloadMetricExporter(BufferedExporter[Item]):
@@ -190,11 +192,12 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self.pipeline = pipeline
         #: Whether POSTs are pipelined: None until ``probe_pipelining`` answered.
         self._pipelining: bool | None = None if pipeline > 1 and self._sender.direct else False
-        #: Payloads of a pipelined batch the server answered while an earlier
-        #: one of the batch is to be retried, and whether it refused them for
-        #: good: the retry skips them (by identity; held here so that no
-        #: other object can take their id meanwhile).
-        self._sent_ahead: dict[int, tuple[Payload, bool]] = {}
+        #: Items of a batch the server answered while an earlier one of the
+        #: batch is to be retried (payloads of a pipelined batch, requests
+        #: posted one by one), and whether it refused them for good: the
+        #: retry skips them (by identity; held here so that no other object
+        #: can take their id meanwhile).
+        self._sent_ahead: dict[int, tuple[Item, bool]] = {}
         if per_request:
             # A request's POST goes as soon as it is encoded: pipelining
             # takes what waits then, it does not wait to fill a batch.
@@ -302,18 +305,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         buffer dropped the batch's head meanwhile (then at most once more).
         The refused are counted when the batch is done (``Outcome.refused``),
         so that a payload the buffer drops before is counted once."""
-        ahead, self._sent_ahead = self._sent_ahead, {}
-        todo: list[Payload] = []
-        taken: list[Payload] = []
-        refused: set[int] = set()  # ids of the taken payloads refused for good
-        for payload in batch:
-            seen = ahead.get(id(payload))
-            if seen is None or seen[0] is not payload:
-                todo.append(payload)
-                continue
-            taken.append(payload)
-            if seen[1]:
-                refused.add(id(payload))
+        todo, taken, refused = self._answered_ahead(batch)
         if self._pipelining is None and len(todo) > 1:
             self._probe()
         window = self.pipeline if self._pipelining else 1
@@ -381,19 +373,34 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 self.pipeline,
             )
 
-    def _refuse(
-        self, payload: Payload, outcome: Outcome, taken: list[Payload], refused: set[int]
-    ) -> None:
-        """One payload of a batch refused for good: logged now, done with,
-        and counted with the batch (``Outcome.refused``)."""
-        self._log_rejected(1, outcome.message)
-        taken.append(payload)
-        refused.add(id(payload))
+    def _answered_ahead(self, batch: Sequence[T]) -> tuple[list[T], list[T], set[int]]:
+        """(the items of ``batch`` to send; those the server answered before
+        a retry, remembered by ``_retry_later``; the ids of those it refused)."""
+        ahead, self._sent_ahead = self._sent_ahead, {}
+        todo: list[T] = []
+        taken: list[T] = []
+        refused: set[int] = set()
+        for item in batch:
+            seen = ahead.get(id(item))
+            if seen is None or seen[0] is not item:
+                todo.append(item)
+                continue
+            taken.append(item)
+            if seen[1]:
+                refused.add(id(item))
+        return todo, taken, refused
 
-    def _retry_later(self, outcome: Outcome, taken: list[Payload], refused: set[int]) -> Outcome:
-        """``outcome`` (a RETRY), the batch's answered payloads remembered for
+    def _refuse(self, item: T, outcome: Outcome, taken: list[T], refused: set[int]) -> None:
+        """One item of a batch refused for good: logged now, done with, and
+        counted with the batch (``Outcome.refused``)."""
+        self._log_rejected(1, outcome.message)
+        taken.append(item)
+        refused.add(id(item))
+
+    def _retry_later(self, outcome: Outcome, taken: Sequence[Item], refused: set[int]) -> Outcome:
+        """``outcome`` (a RETRY), the batch's answered items remembered for
         the retry to skip."""
-        self._sent_ahead = {id(payload): (payload, id(payload) in refused) for payload in taken}
+        self._sent_ahead = {id(item): (item, id(item) in refused) for item in taken}
         return replace(outcome, delivered=len(taken))
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
@@ -426,11 +433,24 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         if not good:
             return Outcome(Status.DELIVERED, unencodable=skipped)
         if skipped == 0:  # fails on the whole only: send one by one
-            outcomes = [self._send_batched([group]) for group in good]
-            failed = [outcome for outcome in outcomes if outcome.status is not Status.DELIVERED]
-            return failed[0] if failed else DELIVERED
+            return self._send_one_by_one(good)
         outcome = self._send_batched(good)
         return replace(outcome, unencodable=outcome.unencodable + skipped)
+
+    def _send_one_by_one(self, groups: Sequence[Tuples]) -> Outcome:
+        """One POST per request, each judged on its own, as in per-request
+        mode: one refused is dropped alone, and a retry skips the requests
+        the server already answered."""
+        todo, taken, refused = self._answered_ahead(groups)
+        for group in todo:
+            outcome = self._send_batched([group])
+            if outcome.status is Status.RETRY:
+                return self._retry_later(outcome, taken, refused)
+            if outcome.status is Status.DELIVERED:
+                taken.append(group)
+            else:
+                self._refuse(group, outcome, taken, refused)
+        return Outcome(Status.DELIVERED, refused=len(refused)) if refused else DELIVERED
 
     def _post(self, payload: Payload) -> Outcome:
         try:

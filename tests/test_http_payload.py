@@ -669,6 +669,45 @@ def test_batched_a_request_the_generator_fails_on_in_a_batch_the_server_refuses(
     assert (stats.exported, stats.dropped_encoding, stats.dropped_rejected) == (0, 1, 2)
 
 
+def one_request_per_payload(tuples: list[Any]) -> Any:
+    """A generator that takes one request per payload (as an endpoint taking
+    one event per POST would make one), raising for more."""
+    if len({item.request_id for item in tuples}) > 1:
+        raise ValueError("one request per payload")
+    return cust_payload_generator(tuples)
+
+
+def four_requests() -> MetricsData:
+    return recorded(*[(f"r{number}", [("transaction", number)]) for number in range(1, 5)])
+
+
+def test_batched_a_generator_of_one_request_per_payload_gets_each_once_across_a_503(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """Batched, with a generator that fails on the batch but not on each
+    request: the requests go one by one; a 503 on the second is retried
+    alone, the first is not sent again."""
+    sink.script(Reply(200), Reply(503, headers={"Retry-After": "0"}))
+    exporter = make_exporter(per_request=False, payload_generator=one_request_per_payload)
+    assert deliver(exporter, four_requests())
+    assert [post.json()["0"][2] for post in sink.posts()] == ["r1", "r2", "r2", "r3", "r4"]
+    stats = exporter.stats
+    assert (stats.exported, stats.dropped, stats.retried) == (4, 0, 3)
+
+
+def test_batched_a_generator_of_one_request_per_payload_loses_only_a_refused_one(
+    sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
+) -> None:
+    """The same, the endpoint refusing the second request for good (400):
+    only that one is dropped, and no request is sent twice."""
+    sink.script(Reply(200), Reply(400, b"bad r2"))
+    exporter = make_exporter(per_request=False, payload_generator=one_request_per_payload)
+    assert not deliver(exporter, four_requests())  # a refused request fails the flush
+    assert [post.json()["0"][2] for post in sink.posts()] == ["r1", "r2", "r3", "r4"]
+    stats = exporter.stats
+    assert (stats.exported, stats.dropped_rejected, stats.dropped) == (3, 1, 1)
+
+
 @pytest.mark.parametrize(
     "result",
     [{1, 2}, object(), {("a", "b"): 1}, {"when": datetime(2024, 1, 1)}],
