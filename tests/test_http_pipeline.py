@@ -139,8 +139,8 @@ def test_a_refused_request_the_buffer_drops_before_the_retry_is_counted_once(
     counted once: the 4 newer ones as exported, r0-r3 as dropped from the
     buffer (r0 is not counted as refused too, nor is an export taken back
     for it)."""
-    sink.script(Reply(400, b"bad r0"), Reply(503, headers={"Retry-After": "1"}))
-    exporter = make_exporter(max_buffer_items=4, retry_max=2.0)
+    sink.script(Reply(400, b"bad r0"), Reply(503, headers={"Retry-After": "2"}))
+    exporter = make_exporter(max_buffer_items=4, retry_max=3.0)
     exporter.export(requests_(4))
     wait_for(lambda: len(sink.posts()) == 4, timeout=5)
     newer = recorded(*[(f"n{number}", [("transaction", number)]) for number in range(4)])
