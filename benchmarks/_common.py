@@ -39,6 +39,7 @@ from flask_chest_otel._delivery import DELTA_TEMPORALITY  # noqa: E402
 from flask_chest_otel.influxdb import FlaskChestInfluxDB  # noqa: E402
 from tests.servers import stop_process  # noqa: E402
 
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 #: Variable names of the sample route; extra ones for the scaling benchmark.
 SAMPLE_VARS = ["transaction", "response_time"]
 
@@ -302,6 +303,15 @@ def paired_overhead(times: list[float], baseline: list[float]) -> float:
     """Median over rounds of (variant - baseline), each round's pair measured
     close in time: steadier than a difference of medians on a shared host."""
     return statistics.median(t - b for t, b in zip(times, baseline, strict=True))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the processes, all their threads, from /proc."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICK
 
 
 def rss_bytes() -> int:

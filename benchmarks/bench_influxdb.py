@@ -17,7 +17,6 @@ Run: ``python benchmarks/bench_influxdb.py`` (needs ``victoria-metrics``).
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import cpu_seconds  # noqa: E402
 
 from flask_chest_otel._names import (  # noqa: E402
     ATTR_INDEX,
@@ -107,15 +108,8 @@ def best_of(runs: int, work: object) -> float:
 
 #: (wall seconds, CPU seconds of this process, every thread) of one write.
 Timing = tuple[float, float]
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 #: Seconds VictoriaMetrics' CPU is still counted after a write returned.
 SETTLE = 0.5
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, every thread."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 
 
 def through_exporter(url: str, data: MetricsData, gzip: bool) -> Timing:
@@ -195,10 +189,10 @@ def main() -> None:
         for round_number in range(ROUNDS):
             for label, write in WRITERS[round_number:] + WRITERS[:round_number]:
                 data = decorated_data(N)
-                before = cpu_seconds(vm.process.pid)
+                before = cpu_seconds([vm.process.pid])
                 runs[label].append(write(vm.url, data))
                 time.sleep(SETTLE)
-                vm_cpu[label].append(cpu_seconds(vm.process.pid) - before)
+                vm_cpu[label].append(cpu_seconds([vm.process.pid]) - before)
     print(
         f"\nend to end into VictoriaMetrics (same machine), median (min-max) of {ROUNDS} "
         "rounds; CPU: this process, every thread; VM CPU: VictoriaMetrics' meanwhile "

@@ -56,7 +56,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import ROOT, cust_payload_generator, sample_view  # noqa: E402
+from _common import ROOT, cpu_seconds, cust_payload_generator, sample_view  # noqa: E402
 from flask import Flask  # noqa: E402
 from lean_sink import LeanSink  # noqa: E402
 
@@ -70,7 +70,6 @@ VARIANTS = [
 ]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
 DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_unpipelined"}
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
 GTHREAD_THREADS = 4
@@ -202,29 +201,20 @@ def _workers(master: int) -> list[int]:
     return [int(pid) for pid in children]
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of the processes, all their threads."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICK
-
-
 def _backends_cpu(victoria_metrics_pid: int | None) -> float:
     """CPU seconds of the backends sharing the machine: VictoriaMetrics and
     this process, where the lean endpoints' threads run (wrk's is not counted)."""
-    vm = _cpu_seconds([victoria_metrics_pid]) if victoria_metrics_pid is not None else 0.0
+    vm = cpu_seconds([victoria_metrics_pid]) if victoria_metrics_pid is not None else 0.0
     return vm + time.process_time()
 
 
 def _settled_cpu(pids: list[int], limit: float = 60.0) -> float:
     """The workers' CPU once they are idle again (background export done)."""
     deadline = time.monotonic() + limit
-    previous = _cpu_seconds(pids)
+    previous = cpu_seconds(pids)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        current = _cpu_seconds(pids)
+        current = cpu_seconds(pids)
         if current - previous <= 0.01:  # under 2% of one core over 0.5 s
             return current
         previous = current
