@@ -332,17 +332,12 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                     behind = todo[number + 1 : len(answers)]
                     for later, answer in zip(behind, answers[number + 1 :], strict=True):
                         judged = self._judge(answer, later)
-                        if judged.status is Status.DELIVERED:
-                            taken.append(later)
-                        elif judged.status is not Status.RETRY:
-                            self._refuse(later, judged, taken, refused)
+                        if judged.status is not Status.RETRY:
+                            self._settle(later, judged, taken, refused)
                     return self._retry_later(outcome, taken, refused)
-                if outcome.status is Status.DELIVERED:
-                    taken.append(payload)
-                else:
-                    self._refuse(payload, outcome, taken, refused)
+                self._settle(payload, outcome, taken, refused)
             todo = todo[len(answers) :]
-        return Outcome(Status.DELIVERED, refused=len(refused)) if refused else DELIVERED
+        return _all_answered(refused)
 
     def _probe(self) -> None:
         """Asks the endpoint whether it answers pipelined requests (once; again
@@ -390,12 +385,13 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 refused.add(id(item))
         return todo, taken, refused
 
-    def _refuse(self, item: T, outcome: Outcome, taken: list[T], refused: set[int]) -> None:
-        """One item of a batch refused for good: logged now, done with, and
-        counted with the batch (``Outcome.refused``)."""
-        self._log_rejected(1, outcome.message)
+    def _settle(self, item: T, outcome: Outcome, taken: list[T], refused: set[int]) -> None:
+        """An item of a batch answered for good: taken, or refused (logged
+        now, counted with the batch: ``Outcome.refused``)."""
+        if outcome.status is not Status.DELIVERED:
+            self._log_rejected(1, outcome.message)
+            refused.add(id(item))
         taken.append(item)
-        refused.add(id(item))
 
     def _retry_later(self, outcome: Outcome, taken: Sequence[Item], refused: set[int]) -> Outcome:
         """``outcome`` (a RETRY), the batch's answered items remembered for
@@ -446,11 +442,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             outcome = self._send_batched([group])
             if outcome.status is Status.RETRY:
                 return self._retry_later(outcome, taken, refused)
-            if outcome.status is Status.DELIVERED:
-                taken.append(group)
-            else:
-                self._refuse(group, outcome, taken, refused)
-        return Outcome(Status.DELIVERED, refused=len(refused)) if refused else DELIVERED
+            self._settle(group, outcome, taken, refused)
+        return _all_answered(refused)
 
     def _post(self, payload: Payload) -> Outcome:
         try:
@@ -491,6 +484,12 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         # The parent's kept-alive socket must not be shared with the child.
         super()._after_fork_in_child()
         self._sender.after_fork_in_child()
+
+
+def _all_answered(refused: set[int]) -> Outcome:
+    """A batch whose items were all answered for good, ``refused`` of them
+    refused."""
+    return Outcome(Status.DELIVERED, refused=len(refused)) if refused else DELIVERED
 
 
 def _context_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:
