@@ -4,7 +4,14 @@ measurements, exported to InfluxDB, HTTP endpoints (SignalFx) and SQLite."""
 from __future__ import annotations
 
 from ._chest import Chest
-from ._delivery import DELTA_TEMPORALITY, BufferedExporter, DeliveryStats, set_exit_timeout
+from ._delivery import (
+    DELTA_TEMPORALITY,
+    BufferedExporter,
+    DeliveryStats,
+    Fate,
+    Settlement,
+    set_exit_timeout,
+)
 from ._recorder import VERSION as __version__
 from ._self_metrics import register_self_metrics
 from .decorator import flask_chest, trace_id_request_id
@@ -22,6 +29,7 @@ __all__ = [
     "BufferedExporter",
     "Chest",
     "DeliveryStats",
+    "Fate",
     "HTTPPayloadMetricExporter",
     "InfluxDBMetricExporter",
     "FlaskChest",
@@ -31,6 +39,7 @@ __all__ = [
     "FlaskChestMeterProvider",
     "FlaskChestOTel",
     "FlaskChestSQLite",
+    "Settlement",
     "SQLiteMetricExporter",
     "__version__",
     "chest_meter",

@@ -15,7 +15,8 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from ._delivery import LOGGER, BufferedExporter
+from ._delivery import BufferedExporter
+from ._logging import LOGGER
 from ._recorder import RECORDER, Record
 
 #: Default seconds between exports: short, because users watch SLIs live.
@@ -64,9 +65,6 @@ class Chest:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
-
-    def _receive(self, metrics_data: MetricsData) -> None:
-        self.exporter.export(metrics_data)
 
     def _receive_records(self, records: Sequence[Record]) -> None:
         self.exporter.export_records(records)

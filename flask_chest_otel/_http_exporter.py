@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import requests
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
@@ -19,7 +19,15 @@ from ._context_tuple import (
     record_flat_groups,
     record_groups,
 )
-from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._delivery import (
+    DELIVERED,
+    BufferedExporter,
+    Fate,
+    Settlement,
+    refused,
+    retry,
+    too_large,
+)
 from ._http import check_url, parse_retry_after, safe_url
 from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
@@ -63,8 +71,6 @@ class Payload:
 #: never reaches the oldest generation, whose full passes pause requests.
 Tuples = tuple[FlatTuple, ...]
 Item = Payload | Tuples
-#: A payload (per-request mode) or a request's tuples (batched).
-T = TypeVar("T", Payload, Tuples)
 
 
 class HTTPPayloadMetricExporter(BufferedExporter[Item]):
@@ -192,12 +198,6 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self.pipeline = pipeline
         #: Whether POSTs are pipelined: None until ``probe_pipelining`` answered.
         self._pipelining: bool | None = None if pipeline > 1 and self._sender.direct else False
-        #: Items of a batch the server answered while an earlier one of the
-        #: batch is to be retried (payloads of a pipelined batch, requests
-        #: posted one by one), and whether it refused them for good: the
-        #: retry skips them (by identity; held here so that no other object
-        #: can take their id meanwhile).
-        self._sent_ahead: dict[int, tuple[Item, bool]] = {}
         if per_request:
             # A request's POST goes as soon as it is encoded: pipelining
             # takes what waits then, it does not wait to fill a batch.
@@ -287,57 +287,45 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
 
     # -- sending ---------------------------------------------------------------
 
-    def _send(self, batch: Sequence[Item]) -> Outcome:
+    def _send(self, batch: Sequence[Item]) -> Settlement:
         if batch and not isinstance(batch[0], Payload):
             return self._send_batched(batch)  # type: ignore[arg-type]
         return self._send_payloads(batch)  # type: ignore[arg-type]
 
-    def _send_payloads(self, batch: Sequence[Payload]) -> Outcome:
+    def _send_payloads(self, batch: Sequence[Payload]) -> Settlement:
         """Per request: the batch's POSTs (several pipelined on the
-        connection with ``pipeline``), each judged on its own.
-
-        The drain loop retries or drops a batch as a whole, but here each
-        POST has its own answer. So a refused payload (413, another status)
-        is dropped and logged here, alone, and the others go on; on a
-        retryable failure, the payloads the server took (before or behind
-        the failed one) are remembered and skipped by the retry, which
-        starts at the same oldest payload: nothing is sent twice, unless the
-        buffer dropped the batch's head meanwhile (then at most once more).
-        The refused are counted when the batch is done (``Outcome.refused``),
-        so that a payload the buffer drops before is counted once."""
-        todo, taken, refused = self._answered_ahead(batch)
-        if self._pipelining is None and len(todo) > 1:
+        connection with ``pipeline``), each judged on its own: taken,
+        refused alone, or retried; those behind a retried one that the
+        server answered are settled by their own answers, never sent again."""
+        if self._pipelining is None and len(batch) > 1:
             self._probe()
         window = self.pipeline if self._pipelining else 1
-        while todo:
+        verdicts = _Verdicts(len(batch))
+        start = 0
+        while start < len(batch):
+            todo = batch[start : start + window]
             try:
                 answers = self._sender.post_many(
-                    [(payload.body, self._headers_of(payload)) for payload in todo[:window]]
+                    [(payload.body, self._headers_of(payload)) for payload in todo]
                 )
             except SendError as exc:
-                outcome = self._send_error(exc, todo[0])
-                if exc.retry:
-                    return self._retry_later(outcome, taken, refused)
-                # Refused for good (a header HTTP cannot carry): the rest goes.
-                delivered = len(taken) - len(refused)
-                return Outcome(outcome.status, outcome.message, delivered=delivered)
+                failed = self._send_error(exc, todo[0])
+                return verdicts.rest(start, failed)
             if self._sender.pipeline_broke:
                 self._stop_pipelining()
                 window = 1
+            retry_at: int | None = None
             for number, (payload, answer) in enumerate(zip(todo, answers, strict=False)):
-                outcome = self._judge(answer, payload)
-                if outcome.status is Status.RETRY:
-                    # The answers behind it: the taken are not sent again, the
-                    # refused are logged now; the rest (retryable) goes again.
-                    behind = todo[number + 1 : len(answers)]
-                    for later, answer in zip(behind, answers[number + 1 :], strict=True):
-                        judged = self._judge(answer, later)
-                        if judged.status is not Status.RETRY:
-                            self._settle(later, judged, taken, refused)
-                    return self._retry_later(outcome, taken, refused)
-                self._settle(payload, outcome, taken, refused)
-            todo = todo[len(answers) :]
-        return _all_answered(refused)
+                judged = self._judge(answer, payload)
+                if judged.rest is Fate.TOO_LARGE:  # one request's payload: alone too large
+                    judged = refused(judged.message)
+                verdicts.set(start + number, judged)
+                if judged.rest is Fate.RETRY and retry_at is None:
+                    retry_at = start + number
+            start += len(answers)
+            if retry_at is not None:
+                return verdicts.rest(start, verdicts.retry_settlement(retry_at))
+        return verdicts.settlement()
 
     def _probe(self) -> None:
         """Asks the endpoint whether it answers pipelined requests (once; again
@@ -368,84 +356,59 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 self.pipeline,
             )
 
-    def _answered_ahead(self, batch: Sequence[T]) -> tuple[list[T], list[T], set[int]]:
-        """(the items of ``batch`` to send; those the server answered before
-        a retry, remembered by ``_retry_later``; the ids of those it refused)."""
-        ahead, self._sent_ahead = self._sent_ahead, {}
-        todo: list[T] = []
-        taken: list[T] = []
-        refused: set[int] = set()
-        for item in batch:
-            seen = ahead.get(id(item))
-            if seen is None or seen[0] is not item:
-                todo.append(item)
-                continue
-            taken.append(item)
-            if seen[1]:
-                refused.add(id(item))
-        return todo, taken, refused
-
-    def _settle(self, item: T, outcome: Outcome, taken: list[T], refused: set[int]) -> None:
-        """An item of a batch answered for good: taken, or refused (logged
-        now, counted with the batch: ``Outcome.refused``)."""
-        if outcome.status is not Status.DELIVERED:
-            self._log_rejected(1, outcome.message)
-            refused.add(id(item))
-        taken.append(item)
-
-    def _retry_later(self, outcome: Outcome, taken: Sequence[Item], refused: set[int]) -> Outcome:
-        """``outcome`` (a RETRY), the batch's answered items remembered for
-        the retry to skip."""
-        self._sent_ahead = {id(item): (item, id(item) in refused) for item in taken}
-        return replace(outcome, delivered=len(taken))
-
-    def _send_batched(self, batch: Sequence[Tuples]) -> Outcome:
+    def _send_batched(self, batch: Sequence[Tuples]) -> Settlement:
+        """Batched: one POST for the batch's requests. A 400 makes the batch
+        suspect (the drain narrows it down to the requests refused); if the
+        generator fails on the batch, the requests it fails on alone are
+        dropped and the others sent."""
         merged = [_context_tuple(flat) for group in paced(batch) for flat in group]
         label, count = _label(merged)
         try:
             body, is_json = serialise(self.payload_generator(merged))
         except Exception:
             return self._send_isolated(batch)
-        outcome = self._post(Payload(body, is_json, label, count))
-        if outcome.status is Status.REJECTED and outcome.message.startswith("HTTP 400 "):
-            # Refused for what some requests hold: delivery narrows it down.
-            return Outcome(Status.INVALID, outcome.message)
-        return outcome
+        judged = self._post(Payload(body, is_json, label, count))
+        if judged.rest is Fate.REFUSED and judged.message.startswith("HTTP 400 "):
+            return Settlement(Fate.SUSPECT, message=judged.message)
+        return judged
 
-    def _send_isolated(self, batch: Sequence[Tuples]) -> Outcome:
-        """The generator failed on the batch: skips only the requests it
-        fails on alone, and sends the others."""
-        good: list[Tuples] = []
-        for group in batch:
+    def _send_isolated(self, batch: Sequence[Tuples]) -> Settlement:
+        """The generator failed on the batch: the requests it fails on alone
+        are not encodable; the others are sent (one by one if it fails on
+        the whole only)."""
+        verdicts = _Verdicts(len(batch))
+        good: list[int] = []
+        for index, group in enumerate(batch):
             tuples = [_context_tuple(flat) for flat in group]
             try:
                 serialise(self.payload_generator(tuples))
-            except Exception as exc:
-                self._log_generator_failure(_label(tuples)[0], exc)
+            except Exception as exc:  # logged by the drain, with the others
+                label = _label(tuples)[0]
+                reason = f"payload_generator failed for {label}: {_describe(exc)}"
+                verdicts.unencodable(index, reason)
             else:
-                good.append(group)
-        # The skipped are counted with the batch (``Outcome.unencodable``).
-        skipped = len(batch) - len(good)
+                good.append(index)
         if not good:
-            return Outcome(Status.DELIVERED, unencodable=skipped)
-        if skipped == 0:  # fails on the whole only: send one by one
-            return self._send_one_by_one(good)
-        outcome = self._send_batched(good)
-        return replace(outcome, unencodable=outcome.unencodable + skipped)
+            return verdicts.settlement()
+        if len(good) == len(batch):  # fails on the whole only: send one by one
+            return self._send_one_by_one(batch)
+        verdicts.merge(good, self._send_batched([batch[index] for index in good]))
+        return verdicts.settlement()
 
-    def _send_one_by_one(self, groups: Sequence[Tuples]) -> Outcome:
+    def _send_one_by_one(self, groups: Sequence[Tuples]) -> Settlement:
         """One POST per request, each judged on its own, as in per-request
-        mode: one refused is dropped alone, and a retry skips the requests
-        the server already answered."""
-        todo, taken, refused = self._answered_ahead(groups)
-        for group in todo:
-            outcome = self._send_batched([group])
-            if outcome.status is Status.RETRY:
-                return self._retry_later(outcome, taken, refused)
-            self._settle(group, outcome, taken, refused)
-        return _all_answered(refused)
+        mode; a retry stops there."""
+        verdicts = _Verdicts(len(groups))
+        for index, group in enumerate(groups):
+            judged = self._send_batched([group])
+            if judged.rest is Fate.SUSPECT:  # a 400 for this request alone
+                judged = refused(judged.message)
+            verdicts.merge([index], judged)
+            if judged.fate(0) is Fate.RETRY:
+                return verdicts.rest(index + 1, verdicts.retry_settlement(index))
+        return verdicts.settlement()
 
-    def _post(self, payload: Payload) -> Outcome:
+    def _post(self, payload: Payload) -> Settlement:
         try:
             answer = self._sender.post(payload.body, self._headers_of(payload))
         except SendError as exc:
@@ -455,16 +418,16 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     def _headers_of(self, payload: Payload) -> Mapping[str, str]:
         return self._json_headers if payload.is_json else {}
 
-    def _send_error(self, exc: SendError, payload: Payload) -> Outcome:
-        status = Status.RETRY if exc.retry else Status.REJECTED
-        return Outcome(status, f"POST {self._safe_url} ({payload.label}) failed: {exc}")
+    def _send_error(self, exc: SendError, payload: Payload) -> Settlement:
+        message = f"POST {self._safe_url} ({payload.label}) failed: {exc}"
+        return retry(message) if exc.retry else refused(message)
 
-    def _judge(self, answer: Answer, payload: Payload) -> Outcome:
+    def _judge(self, answer: Answer, payload: Payload) -> Settlement:
         if answer.status in self.success_status_codes:
             return DELIVERED
         return self._refused(answer, f"POST {self._safe_url} ({payload.label})")
 
-    def _refused(self, answer: Answer, what: str) -> Outcome:
+    def _refused(self, answer: Answer, what: str) -> Settlement:
         status = answer.status
         excerpt = answer.body[:EXCERPT].decode("utf-8", "replace")
         message = f"HTTP {status} from {what}: {self._sender.scrub(excerpt)!r}"
@@ -472,10 +435,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             location = self._sender.scrub(answer.location)
             message += f" (redirect to {location!r} not followed)"
         if status == 429 or 500 <= status <= 599:
-            return Outcome(Status.RETRY, message, parse_retry_after(answer.retry_after))
+            return retry(message, parse_retry_after(answer.retry_after))
         if status == 413:
-            return Outcome(Status.TOO_LARGE, message)
-        return Outcome(Status.REJECTED, message)
+            return too_large(message)
+        return refused(message)
 
     def _close(self) -> None:
         self._sender.close()
@@ -486,10 +449,59 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self._sender.after_fork_in_child()
 
 
-def _all_answered(refused: set[int]) -> Outcome:
-    """A batch whose items were all answered for good, ``refused`` of them
-    refused."""
-    return Outcome(Status.DELIVERED, refused=len(refused)) if refused else DELIVERED
+class _Verdicts:
+    """The fates of a batch's items as its POSTs are answered."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fates: dict[int, Fate] = {}
+        self.reasons: dict[int, str] = {}
+        self.message = ""
+        self.retry_after: float | None = None
+
+    def set(self, index: int, judged: Settlement) -> None:
+        """Item ``index`` was posted alone and ``judged`` so."""
+        self.merge([index], judged)
+
+    def unencodable(self, index: int, reason: str) -> None:
+        self.fates[index] = Fate.UNENCODABLE
+        self.reasons[index] = reason
+
+    def merge(self, indices: Sequence[int], judged: Settlement) -> None:
+        """The items at ``indices`` were posted together and ``judged`` so."""
+        for number, index in enumerate(indices):
+            fate = judged.fate(number)
+            self.fates[index] = fate
+            if fate is not Fate.DELIVERED:
+                self.reasons[index] = judged.reason(number)
+        if judged.rest is not Fate.DELIVERED or judged.fates:
+            self.message = self.message or judged.message
+            if judged.retry_after is not None:
+                self.retry_after = judged.retry_after
+
+    def retry_settlement(self, index: int) -> Settlement:
+        """The answer that asked to retry item ``index``."""
+        return Settlement(
+            Fate.RETRY, message=self.reasons.get(index, ""), retry_after=self.retry_after
+        )
+
+    def rest(self, start: int, judged: Settlement) -> Settlement:
+        """The batch, items from ``start`` on not posted: they share
+        ``judged``'s fate (a retry, or a refusal of every POST)."""
+        for index in range(start, self.size):
+            self.fates[index] = judged.rest
+        self.message = judged.message
+        self.retry_after = judged.retry_after
+        return self.settlement()
+
+    def settlement(self) -> Settlement:
+        return Settlement(
+            Fate.DELIVERED,
+            {index: fate for index, fate in self.fates.items() if fate is not Fate.DELIVERED},
+            message=self.message,
+            reasons=self.reasons,
+            retry_after=self.retry_after,
+        )
 
 
 def _context_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:

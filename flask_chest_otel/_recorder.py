@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from ._delivery import LOGGER, RateLimitedLog, exit_millis_left, shutdown_all
+from ._delivery import exit_millis_left, shutdown_all
+from ._logging import LOGGER, RateLimitedLog
 from ._names import ATTR_REQUEST_ID
 from ._pacing import background, pause_if_due, requests_seen
 from ._records import (

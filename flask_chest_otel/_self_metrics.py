@@ -22,7 +22,7 @@ _REASONS = ("buffer_full", "rejected", "shutdown", "encoding")
 
 
 def _exporters() -> list[_delivery.BufferedExporter[object]]:
-    return list(_delivery._LIVE_EXPORTERS)
+    return list(_delivery.LIVE_EXPORTERS)
 
 
 def _exported(options: CallbackOptions) -> Iterable[Observation]:

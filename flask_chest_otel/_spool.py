@@ -143,9 +143,6 @@ class Spool:
         self.file_bytes += len(data)
         return sizes
 
-    def oldest_size(self) -> int:
-        return self._sizes[0] if self._sizes else 0
-
     def ack(self, count: int, write: bool = True) -> None:
         """The ``count`` oldest items are gone. With ``write=False`` the ack
         frame waits for the next ``ack`` (one frame for many drops)."""

@@ -16,7 +16,7 @@ from flask import g, request
 from opentelemetry import trace
 
 from ._chest import Chest
-from ._delivery import LOGGER, RateLimitedLog
+from ._logging import LOGGER, RateLimitedLog
 from ._names import (
     ATTR_INDEX,
     ATTR_METHOD,

@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import Counter, Histogram, NoOpMeter, UpDownCounter, _Gauge
 from opentelemetry.util.types import Attributes
 
-from ._delivery import LOGGER, RateLimitedLog
+from ._logging import LOGGER, RateLimitedLog
 from ._names import SCOPE_NAME
 from ._recorder import VERSION
 

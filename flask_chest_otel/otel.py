@@ -34,7 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
-from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._delivery import DELIVERED, BufferedExporter, Settlement, retry
 from ._names import ATTR_INDEX
 
 __all__ = ["FlaskChestOTel", "OTelExporterAdapter", "otlp_exporter_from_environment"]
@@ -139,14 +139,18 @@ class OTelExporterAdapter(BufferedExporter[_PointItem]):
                             resource_metrics.resource, scope_metrics.scope, shape, point
                         )
 
-    def _send(self, batch: Sequence[_PointItem]) -> Outcome:
+    def _send(self, batch: Sequence[_PointItem]) -> Settlement:
+        """The wrapped exporter's FAILURE says nothing of why: the batch is
+        retried, and a point that fails every time while others pass (a
+        collector refusing it with 400 or INVALID_ARGUMENT) is dropped alone
+        (see ``_delivery._drain``)."""
         try:
             result = self.wrapped.export(_metrics_data(batch), timeout_millis=self.timeout * 1000)
         except Exception as exc:
-            return Outcome(Status.RETRY, f"{type(self.wrapped).__name__}.export raised {exc!r}")
+            return retry(f"{type(self.wrapped).__name__}.export raised {exc!r}")
         if result is MetricExportResult.SUCCESS:
             return DELIVERED
-        return Outcome(Status.RETRY, f"{type(self.wrapped).__name__}.export returned FAILURE")
+        return retry(f"{type(self.wrapped).__name__}.export returned FAILURE")
 
     def _close(self) -> None:
         try:

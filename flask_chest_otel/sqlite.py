@@ -17,10 +17,10 @@ from flask import Flask
 from opentelemetry.sdk.metrics.export import MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
-from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._delivery import DELIVERED, BufferedExporter, Settlement, refused, retry, suspect
 from ._pacing import paced
 from ._records import Record, by_name, common_layout, record_point, trace_of
-from ._schema import FieldValue, Row, decorated_row, keep, rows
+from .influxdb._rows import FieldValue, Row, decorated_row, keep, rows
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
 
@@ -353,21 +353,25 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
             self._connection = connection
         return self._connection
 
-    def _send(self, batch: Sequence[SQLiteRow]) -> Outcome:
+    def _send(self, batch: Sequence[SQLiteRow]) -> Settlement:
         try:
             connection = self._connect()
             with connection:
                 connection.executemany(self._insert, paced(batch))
         except TableShapeError as exc:
             self._reset()
-            return Outcome(Status.REJECTED, f"{self.db_uri}: {exc}")
+            return refused(f"{self.db_uri}: {exc}")
         except sqlite3.OperationalError as exc:
             # Locked, busy, disk full, read-only, cannot open: may pass; keep the rows.
             self._reset()
-            return Outcome(Status.RETRY, f"{self.db_uri}: {exc}")
+            return retry(f"{self.db_uri}: {exc}")
+        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.DataError) as exc:
+            # About a row's values: the transaction wrote nothing; narrow it down.
+            self._reset()
+            return suspect(f"{self.db_uri}: {exc}")
         except sqlite3.DatabaseError as exc:
             self._reset()
-            return Outcome(Status.REJECTED, f"{self.db_uri}: {exc}")
+            return refused(f"{self.db_uri}: {exc}")
         return DELIVERED
 
     def _reset(self) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import MetricsData, NumberDataPoint
 
 from ._chest import Chest
-from ._delivery import DELIVERED, BufferedExporter, Outcome
+from ._delivery import DELIVERED, BufferedExporter, Settlement
 from ._names import (
     ATTR_INDEX,
     ATTR_METHOD,
@@ -166,7 +166,7 @@ class InMemoryMetricExporter(BufferedExporter[CapturedMeasurement]):
                             )
         return _in_request_order(captured)
 
-    def _send(self, batch: Sequence[CapturedMeasurement]) -> Outcome:
+    def _send(self, batch: Sequence[CapturedMeasurement]) -> Settlement:
         with self._received_lock:
             self._received.extend(batch)
         return DELIVERED

@@ -19,7 +19,7 @@ from opentelemetry.sdk.metrics.export import Metric, MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._context_tuple import ContextTuple, context_tuples
-from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
+from ._delivery import DELIVERED, BufferedExporter, Fate, Settlement
 
 __all__ = ["FlaskChest", "WriterChest", "writer_chest"]
 
@@ -94,16 +94,20 @@ class _WriteExporter(BufferedExporter[list[ContextTuple]]):
             type(metric.data).__name__,
         )
 
-    def _send(self, batch: Sequence[list[ContextTuple]]) -> Outcome:
+    def _send(self, batch: Sequence[list[ContextTuple]]) -> Settlement:
+        """One ``write`` per request: those before one that raises are
+        delivered, it and those after it are retried (one that keeps raising
+        while the others pass is dropped alone: see ``_delivery._drain``)."""
         for done, group in enumerate(batch):
             try:
                 self._write(list(group))
             except Exception as exc:
-                if done:  # what was written is not written twice
-                    self._discard(done)
-                    self.stats.exported += done
                 text = f"{type(exc).__name__}: {exc}"[:_EXCEPTION_EXCERPT]
-                return Outcome(Status.RETRY, f"write() raised {text}", delivered=done)
+                return Settlement(
+                    Fate.RETRY,
+                    dict.fromkeys(range(done), Fate.DELIVERED),
+                    message=f"write() raised {text}",
+                )
         return DELIVERED
 
 

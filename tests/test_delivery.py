@@ -26,11 +26,15 @@ from flask_chest_otel import register_self_metrics
 from flask_chest_otel._delivery import (
     DELIVERED,
     BufferedExporter,
-    Outcome,
-    RateLimitedLog,
-    Status,
+    Fate,
+    Settlement,
     backoff_delay,
+    refused,
+    retry,
+    suspect,
+    too_large,
 )
+from flask_chest_otel._logging import RateLimitedLog
 
 from .conftest import read_rows, sample_app
 
@@ -38,7 +42,7 @@ from .conftest import read_rows, sample_app
 class ScriptedExporter(BufferedExporter[int]):
     """Test double: items are ints; ``verdict(batch)`` decides each send."""
 
-    def __init__(self, verdict: Callable[[Sequence[int]], Outcome], **options: Any) -> None:
+    def __init__(self, verdict: Callable[[Sequence[int]], Settlement], **options: Any) -> None:
         options.setdefault("retry_initial", 0.01)
         options.setdefault("retry_max", 0.05)
         super().__init__(name="scripted", **options)
@@ -49,12 +53,13 @@ class ScriptedExporter(BufferedExporter[int]):
     def _encode(self, metrics_data: MetricsData) -> Iterable[int]:
         return []
 
-    def _send(self, batch: Sequence[int]) -> Outcome:
+    def _send(self, batch: Sequence[int]) -> Settlement:
         self.sent.append(list(batch))
-        outcome = self.verdict(batch)
-        if outcome.status is Status.DELIVERED:
-            self.delivered.extend(batch)
-        return outcome
+        settlement = self.verdict(batch)
+        self.delivered.extend(
+            item for index, item in enumerate(batch) if settlement.fate(index) is Fate.DELIVERED
+        )
+        return settlement
 
     def put(self, *items: int) -> None:
         self.enqueue([(item, 10) for item in items])
@@ -73,13 +78,15 @@ def test_items_are_delivered_oldest_first_in_batches() -> None:
 def test_retryable_failures_keep_the_items_until_the_backend_takes_them() -> None:
     failures = iter([True, True, True])
 
-    def verdict(batch: Sequence[int]) -> Outcome:
-        return Outcome(Status.RETRY, "503") if next(failures, False) else DELIVERED
+    def verdict(batch: Sequence[int]) -> Settlement:
+        return retry("503") if next(failures, False) else DELIVERED
 
     exporter = ScriptedExporter(verdict)
     exporter.put(1, 2, 3)
     assert exporter.force_flush(5_000)
-    assert exporter.delivered == [1, 2, 3]
+    # The fourth round probes items alone (is one of them poison?): the
+    # backend is back, so all pass, in the probes' order.
+    assert sorted(exporter.delivered) == [1, 2, 3]
     assert exporter.stats.retried == 9
     assert exporter.stats.dropped == 0
     exporter.shutdown()
@@ -90,8 +97,8 @@ def test_a_full_buffer_drops_the_oldest_items_and_counts_them(
 ) -> None:
     gate = threading.Event()
 
-    def verdict(batch: Sequence[int]) -> Outcome:
-        return DELIVERED if gate.is_set() else Outcome(Status.RETRY, "down")
+    def verdict(batch: Sequence[int]) -> Settlement:
+        return DELIVERED if gate.is_set() else retry("down")
 
     exporter = ScriptedExporter(verdict, max_buffer_items=5)
     exporter.put(*range(12))
@@ -105,7 +112,7 @@ def test_a_full_buffer_drops_the_oldest_items_and_counts_them(
 
 
 def test_the_byte_bound_of_the_buffer_holds_too() -> None:
-    exporter = ScriptedExporter(lambda batch: Outcome(Status.RETRY, "down"), max_buffer_bytes=35)
+    exporter = ScriptedExporter(lambda batch: retry("down"), max_buffer_bytes=35)
     exporter.put(*range(10))  # 10 bytes each
     assert (exporter.stats.buffered, exporter.stats.buffered_bytes) == (3, 30)
     exporter.shutdown(timeout_millis=10)
@@ -113,7 +120,7 @@ def test_the_byte_bound_of_the_buffer_holds_too() -> None:
 
 def test_too_large_batches_are_split_until_they_pass() -> None:
     exporter = ScriptedExporter(
-        lambda batch: Outcome(Status.TOO_LARGE, "413") if len(batch) > 2 else DELIVERED
+        lambda batch: too_large("413") if len(batch) > 2 else DELIVERED
     )
     exporter.put(*range(8))
     assert exporter.force_flush(5_000)
@@ -124,7 +131,7 @@ def test_too_large_batches_are_split_until_they_pass() -> None:
 
 def test_a_single_item_too_large_is_dropped_as_rejected_and_fails_the_flush() -> None:
     exporter = ScriptedExporter(
-        lambda batch: Outcome(Status.TOO_LARGE, "413") if 0 in batch else DELIVERED
+        lambda batch: too_large("413") if 0 in batch else DELIVERED
     )
     exporter.put(0, 1)
     assert not exporter.force_flush(5_000)
@@ -134,7 +141,7 @@ def test_a_single_item_too_large_is_dropped_as_rejected_and_fails_the_flush() ->
 
 
 def test_rejected_batches_are_dropped_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    exporter = ScriptedExporter(lambda batch: Outcome(Status.REJECTED, "HTTP 400: bad line 1"))
+    exporter = ScriptedExporter(lambda batch: refused("HTTP 400: bad line 1"))
     exporter.put(1, 2)
     assert not exporter.force_flush(5_000), "a flush whose items were refused is not a success"
     assert exporter.stats.dropped_rejected == 2
@@ -143,19 +150,20 @@ def test_rejected_batches_are_dropped_counted_and_logged(caplog: pytest.LogCaptu
 
 
 def test_a_partial_write_counts_what_was_delivered() -> None:
-    exporter = ScriptedExporter(lambda batch: Outcome(Status.REJECTED, "422", delivered=2))
+    partial = Settlement(Fate.REFUSED, {0: Fate.DELIVERED, 1: Fate.DELIVERED}, message="422")
+    exporter = ScriptedExporter(lambda batch: partial)
     exporter.put(1, 2, 3)
     exporter.force_flush(5_000)
     assert (exporter.stats.exported, exporter.stats.dropped_rejected) == (2, 1)
     exporter.shutdown()
 
 
-def test_an_exception_in_send_drops_the_batch_but_not_the_thread(
+def test_an_exception_in_send_keeps_the_batch_and_the_thread(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls = iter([RuntimeError("bug")])
 
-    def verdict(batch: Sequence[int]) -> Outcome:
+    def verdict(batch: Sequence[int]) -> Settlement:
         error = next(calls, None)
         if error is not None:
             raise error
@@ -166,14 +174,14 @@ def test_an_exception_in_send_drops_the_batch_but_not_the_thread(
     exporter.force_flush(5_000)
     exporter.put(2)
     assert exporter.force_flush(5_000)
-    assert exporter.delivered == [2]
+    assert exporter.delivered == [1, 2]
     assert "unexpected error while sending" in caplog.text
     exporter.shutdown()
 
 
 def test_shutdown_interrupts_a_long_backoff_and_counts_what_is_left() -> None:
     exporter = ScriptedExporter(
-        lambda batch: Outcome(Status.RETRY, "down", retry_after=60),
+        lambda batch: retry("down", retry_after=60),
         retry_initial=1,
         retry_max=60,
     )
@@ -319,9 +327,10 @@ def test_a_value_whose_conversion_raises_is_counted_in_the_library_metrics(
 def test_a_batch_refused_for_some_items_drops_only_those_with_one_masked_example(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """INVALID (a 400 for one malformed line): the batch is split until each
-    refused item is alone; only the refused items are dropped and counted, and
-    one log line quotes an example through the exporter's masking hook."""
+    """SUSPECT (a bare 400 for one malformed line): the batch is narrowed
+    until each refused item is alone; only the refused items are dropped and
+    counted, and one log line quotes an example through the exporter's
+    masking hook."""
 
     class Masking(ScriptedExporter):
         def _mask_example(self, item: int) -> str:
@@ -329,7 +338,7 @@ def test_a_batch_refused_for_some_items_drops_only_those_with_one_masked_example
 
     bad = {13, 57, 58}
     exporter = Masking(
-        lambda batch: Outcome(Status.INVALID, "HTTP 400: unable to parse")
+        lambda batch: suspect("HTTP 400: unable to parse")
         if bad & set(batch)
         else DELIVERED
     )
@@ -338,10 +347,11 @@ def test_a_batch_refused_for_some_items_drops_only_those_with_one_masked_example
     assert sorted(exporter.delivered) == sorted(set(range(100)) - bad)
     assert exporter.stats.dropped_rejected == 3
     assert exporter.stats.exported == 97
-    refused = [r for r in caplog.records if "refused an item" in r.getMessage()]
-    assert len(refused) == 1
-    assert "<item 13 token=***>" in refused[0].getMessage()
-    assert "HTTP 400: unable to parse" in refused[0].getMessage()
+    lines = [r for r in caplog.records if "items for good" in r.getMessage()]
+    assert len(lines) == 1
+    assert "refused 3 items for good" in lines[0].getMessage()
+    assert "<item 13 token=***>" in lines[0].getMessage()
+    assert "HTTP 400: unable to parse" in lines[0].getMessage()
     exporter.shutdown()
 
 
@@ -351,7 +361,7 @@ def test_three_thousand_refused_sends_log_at_most_twenty_lines(
     """Log keys are kinds of problem, not messages: 3,000 rejections with
     3,000 different server messages make at most 20 log lines."""
     messages = iter(f"HTTP 400: bad line {n}" for n in range(10_000))
-    exporter = ScriptedExporter(lambda batch: Outcome(Status.REJECTED, next(messages)))
+    exporter = ScriptedExporter(lambda batch: refused(next(messages)))
     for number in range(3_000):
         exporter.put(number)
         assert not exporter.force_flush(5_000)
@@ -372,7 +382,7 @@ def test_the_rate_limited_log_table_is_bounded() -> None:
 
 
 def test_force_flush_is_false_when_the_backend_refuses_and_true_after() -> None:
-    verdicts = iter([Outcome(Status.REJECTED, "HTTP 400")])
+    verdicts = iter([refused("HTTP 400")])
     exporter = ScriptedExporter(lambda batch: next(verdicts, DELIVERED))
     exporter.put(1)
     assert not exporter.force_flush(5_000)
@@ -384,10 +394,10 @@ def test_force_flush_is_false_when_the_backend_refuses_and_true_after() -> None:
 def test_shutdown_says_what_was_refused_and_what_was_lost(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def verdict(batch: Sequence[int]) -> Outcome:
+    def verdict(batch: Sequence[int]) -> Settlement:
         if batch[0] == 1:
-            return Outcome(Status.REJECTED, "HTTP 400")
-        return Outcome(Status.RETRY, "connection refused", retry_after=60)
+            return refused("HTTP 400")
+        return retry("connection refused", retry_after=60)
 
     exporter = ScriptedExporter(verdict, flush_interval=3600, retry_max=60, max_batch_items=1)
     exporter.put(1, 2, 3)
@@ -422,7 +432,7 @@ def test_a_child_forked_while_another_thread_holds_a_lock_does_not_hang(held: st
     exporter = ScriptedExporter(lambda batch: DELIVERED, flush_interval=3600)
     lock = {
         "rate-limited log": exporter._log._lock,
-        "exporter buffer": exporter._lock,
+        "exporter buffer": exporter._buffer.lock,
         "collector": RECORDER._collect_lock,
     }[held]
     taken, release = threading.Event(), threading.Event()
@@ -457,11 +467,163 @@ def test_the_exit_budget_is_read_from_the_environment_or_set_in_python(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flask_chest_otel import _delivery
+    from flask_chest_otel._delivery import _exit
 
-    monkeypatch.setattr(_delivery, "_exit_timeout", None)
+    monkeypatch.setattr(_exit, "_exit_timeout", None)
     monkeypatch.setenv("FLASK_CHEST_EXIT_TIMEOUT", "1.5")
     assert _delivery.exit_timeout() == 1.5
     _delivery.set_exit_timeout(0.25)
     assert _delivery.exit_timeout() == 0.25
     with pytest.raises(ValueError):
         _delivery.set_exit_timeout(-1)
+
+
+# -- the settlement protocol: narrowing, poison, backoff ----------------------
+
+
+def _spread_bad(size: int, count: int, seed: int = 7) -> set[int]:
+    import random
+
+    return set(random.Random(seed).sample(range(size), count))
+
+
+def test_a_refusal_naming_its_bad_items_costs_about_one_write_per_bad_item() -> None:
+    """The server names the first bad item and writes nothing (InfluxDB 2.x's
+    "unable to parse '<line>'"): each bad item costs one write, the rest is
+    sent again; every good item delivered once."""
+    bad = _spread_bad(2_000, 40)
+
+    def verdict(batch: Sequence[int]) -> Settlement:
+        named = [index for index, item in enumerate(batch) if item in bad][:1]
+        if not named:
+            return DELIVERED
+        return Settlement(Fate.RESEND, {named[0]: Fate.REFUSED}, message="unable to parse")
+
+    exporter = ScriptedExporter(verdict, max_batch_items=2_000)
+    exporter.put(*range(2_000))
+    assert not exporter.force_flush(10_000)
+    assert sorted(exporter.delivered) == sorted(set(range(2_000)) - bad)
+    assert (exporter.stats.exported, exporter.stats.dropped_rejected) == (1_960, 40)
+    assert len(exporter.sent) <= 40 + 2  # + the first write and one probe
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize(
+    "size, count", [(2_000, 40), (10_000, 1), (1_000, 100), (2_000, 10), (2_000, 400)]
+)
+def test_a_bare_refusal_is_bisected_in_about_k_log2_n_over_k_plus_k_writes(
+    size: int, count: int
+) -> None:
+    """A bare 400 names nothing: probes, then generalized binary splitting;
+    k bad among n cost at most log2(C(n, k)) + k writes (Hwang's bound, about
+    k*log2(n/k) + 1.44k), plus the first write and the five probes."""
+    import math
+
+    bad = _spread_bad(size, count)
+    exporter = ScriptedExporter(
+        lambda batch: suspect("HTTP 400") if bad & set(batch) else DELIVERED,
+        max_batch_items=size,
+    )
+    exporter.put(*range(size))
+    assert not exporter.force_flush(30_000)
+    assert sorted(exporter.delivered) == sorted(set(range(size)) - bad)
+    assert len(exporter.delivered) == size - count  # each once
+    assert exporter.stats.dropped_rejected == count
+    bound = math.log2(math.comb(size, count)) + count
+    assert len(exporter.sent) <= bound + 1 + 5, (len(exporter.sent), bound)
+    exporter.shutdown()
+
+
+def test_a_refusal_of_the_request_itself_drops_the_batch_after_a_few_writes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every write refused, whatever it holds (a bad precision): the probes
+    are refused alone as the batch was, so the batch is dropped after six
+    writes, with one ERROR line that says why."""
+    exporter = ScriptedExporter(lambda batch: suspect("HTTP 400: bad precision"))
+    exporter.put(*range(2_000))
+    assert not exporter.force_flush(10_000)
+    assert exporter.stats.dropped_rejected == 2_000
+    assert len(exporter.sent) == 1 + 5
+    lines = [r for r in caplog.records if "about the request" in r.getMessage()]
+    assert len(lines) == 1 and "bad precision" in lines[0].getMessage()
+    exporter.shutdown()
+
+
+def test_one_item_that_always_fails_is_dropped_alone_and_the_rest_flows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A backend that fails any batch holding one poison item (a user chest
+    raising for it, a collector refusing that point) while it takes every
+    other: after three failed rounds it is bisected out and dropped alone."""
+    exporter = ScriptedExporter(
+        lambda batch: retry("write() raised KeyError") if 57 in batch else DELIVERED,
+        max_batch_items=50,
+    )
+    exporter.put(*range(200))
+    assert not exporter.force_flush(10_000)
+    assert sorted(exporter.delivered) == [item for item in range(200) if item != 57]
+    assert (exporter.stats.exported, exporter.stats.dropped_rejected) == (199, 1)
+    lines = [r for r in caplog.records if "alone while others passed" in r.getMessage()]
+    assert len(lines) == 1 and "KeyError" in lines[0].getMessage()
+    exporter.put(200)
+    assert exporter.force_flush(5_000)
+    exporter.shutdown()
+
+
+def test_a_backend_that_is_down_loses_nothing_to_the_poison_probes() -> None:
+    """Everything fails for a while: the probes fail too, so nothing is
+    dropped, and all arrive once the backend is back."""
+    rounds = iter(range(30))
+    exporter = ScriptedExporter(
+        lambda batch: retry("connection refused") if next(rounds, 99) < 25 else DELIVERED,
+        max_batch_items=10,
+    )
+    exporter.put(*range(30))
+    assert exporter.force_flush(10_000)
+    assert sorted(exporter.delivered) == list(range(30))
+    assert exporter.stats.dropped == 0
+    exporter.shutdown()
+
+
+def test_backoff_starts_again_while_a_batch_makes_progress() -> None:
+    """A backend that takes one item per send and asks to retry the rest: each
+    round delivers, so every wait is a first retry's, never a doubled one."""
+    from flask_chest_otel._delivery import RetryPolicy
+
+    attempts: list[int] = []
+
+    class Recording(RetryPolicy):
+        def delay(self, attempt: int, retry_after: float | None = None) -> float:
+            attempts.append(attempt)
+            return 0.001
+
+    exporter = ScriptedExporter(
+        lambda batch: Settlement(Fate.RETRY, {0: Fate.DELIVERED}, message="503 for the rest")
+        if len(batch) > 1
+        else DELIVERED
+    )
+    exporter._drain.policy = Recording(0.01, 5.0)
+    exporter.put(*range(12))
+    assert exporter.force_flush(5_000)
+    assert sorted(exporter.delivered) == list(range(12))
+    assert attempts and set(attempts) == {1}
+    exporter.shutdown()
+
+
+def test_items_settled_out_of_order_leave_once_and_the_spool_in_order(
+    tmp_path: Any,
+) -> None:
+    """The server takes the 2nd to 5th item and asks to retry the 1st: they
+    are counted once, and the spool, told of gone items oldest first, ends
+    empty once the 1st is taken."""
+    answers = iter([Settlement(Fate.DELIVERED, {0: Fate.RETRY}, message="503")])
+    exporter = ScriptedExporter(lambda batch: next(answers, DELIVERED), spool_dir=tmp_path)
+    exporter.put(*range(5))
+    assert exporter.force_flush(5_000)
+    assert sorted(exporter.delivered) == list(range(5))
+    assert exporter.stats.exported == 5 and exporter.stats.buffered == 0
+    spool = exporter._buffer.spool
+    assert spool is not None and spool.live_bytes == 0
+    exporter.shutdown()
+    assert not list(tmp_path.glob("*.spool"))

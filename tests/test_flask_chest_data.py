@@ -37,7 +37,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from flask_chest_otel import FlaskChestInfluxDB, FlaskChestSQLite
 from flask_chest_otel._chest import Chest
-from flask_chest_otel._delivery import Status
+from flask_chest_otel._delivery import Fate
 from flask_chest_otel._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SCOPE_NAME
 from flask_chest_otel._values import MAX_TEXT, coerce, conversion_errors
 from flask_chest_otel.influxdb import InfluxDBMetricExporter
@@ -394,8 +394,8 @@ def test_field_type_conflict_422_heals_on_the_v2_write_api(chests: list[Chest]) 
             outcome = exporter._send([b"as_int value=3 1", b"as_text value=1.5 1", b"m v=1 1"])
         finally:
             exporter.shutdown(timeout_millis=1_000)
-    assert outcome.status is Status.REJECTED and outcome.delivered == 2
-    assert "measurement 'as_text' field 'value': float sent, string stored" in outcome.message
+    assert outcome.expand(3) == [Fate.DELIVERED, Fate.REFUSED, Fate.DELIVERED]
+    assert "measurement 'as_text' field 'value': float sent, string stored" in outcome.reason(1)
     assert ("as_int", {}, {"value": "3i"}, 1) in [(m, t, f, ts) for m, t, f, ts in double.points]
 
 
@@ -426,10 +426,10 @@ def test_trace_ids_are_string_fields_in_influxdb_and_columns_in_sqlite(
     sqlite_exporter = SQLiteMetricExporter(str(tmp_path / "t.sqlite3"))
     try:
         assert (
-            exporter._send(list(exporter._encode(traced_data(["r1"])))).status is Status.DELIVERED
+            exporter._send(list(exporter._encode(traced_data(["r1"])))).delivered_all
         )
         rows = list(sqlite_exporter._encode(traced_data(["r1"])))
-        assert sqlite_exporter._send(rows).status is Status.DELIVERED
+        assert sqlite_exporter._send(rows).delivered_all
     finally:
         exporter.shutdown(timeout_millis=1_000)
         sqlite_exporter.shutdown(timeout_millis=1_000)
@@ -461,7 +461,7 @@ def test_request_id_as_field_keeps_one_series_per_variable(
     ]  # fmt: skip
     try:
         for exporter in made:
-            assert exporter._send(list(exporter._encode(data))).status is Status.DELIVERED
+            assert exporter._send(list(exporter._encode(data))).delivered_all
     finally:
         for exporter in made:
             exporter.shutdown(timeout_millis=1_000)

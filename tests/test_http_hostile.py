@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 
 from flask_chest_otel import flask_chest
-from flask_chest_otel._delivery import Status
+from flask_chest_otel._delivery import Fate
 from flask_chest_otel.http_payload import (
     ContextTuple,
     FlaskChestCustomWriter,
@@ -220,7 +220,7 @@ def test_a_lone_surrogate_in_a_request_id_costs_nothing(
     assert [entry["request_id"] for entry in post.json()] == ["ok-1", "bad-\ufffd", "ok-2"]
 
 
-def test_a_batch_refused_with_400_is_returned_as_invalid_for_delivery_to_narrow(
+def test_a_batch_refused_with_400_is_returned_as_suspect_for_delivery_to_narrow(
     sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
 ) -> None:
     sink.default = Reply(400, b'{"error": "bad datapoint"}')
@@ -228,7 +228,7 @@ def test_a_batch_refused_with_400_is_returned_as_invalid_for_delivery_to_narrow(
     batch = list(exporter._encode(recorded(("r1", [("v", 1)]), ("r2", [("v", 2)]))))
     assert len(batch) == 2  # one item per request: delivery can split the batch
     outcome = exporter._send(batch)
-    assert outcome.status is Status.INVALID
+    assert outcome.rest is Fate.SUSPECT
     assert "HTTP 400" in outcome.message and "bad datapoint" in outcome.message
 
 

@@ -134,11 +134,11 @@ def test_a_request_refused_behind_a_503_is_dropped_once_and_not_sent_again(
 def test_a_refused_request_the_buffer_drops_before_the_retry_is_counted_once(
     sink: HTTPSink, make_exporter: Callable[..., HTTPPayloadMetricExporter]
 ) -> None:
-    """r0 is refused, then r1 gets a 503; while r1's retry waits, 4 newer
-    requests overflow the 4-item buffer, which drops r0-r3. Each request is
-    counted once: the 4 newer ones as exported, r0-r3 as dropped from the
-    buffer (r0 is not counted as refused too, nor is an export taken back
-    for it)."""
+    """r0 is refused, r1 gets a 503, r2 and r3 are taken; while r1's retry
+    waits, 4 newer requests overflow the 4-item buffer, which drops r1, the
+    only one left unsettled. Each request is counted once, as what became of
+    it: r0 refused, r1 dropped from the buffer, r2, r3 and the 4 newer
+    exported."""
     sink.script(Reply(400, b"bad r0"), Reply(503, headers={"Retry-After": "2"}))
     exporter = make_exporter(max_buffer_items=4, retry_max=3.0)
     exporter.export(requests_(4))
@@ -148,7 +148,7 @@ def test_a_refused_request_the_buffer_drops_before_the_retry_is_counted_once(
     assert exporter.force_flush(timeout_millis=5_000)
     assert posted_ids(sink)[4:] == ["n0", "n1", "n2", "n3"]
     stats = exporter.stats
-    assert (stats.exported, stats.dropped_buffer_full, stats.dropped_rejected) == (4, 4, 0)
+    assert (stats.exported, stats.dropped_buffer_full, stats.dropped_rejected) == (6, 1, 1)
     assert stats.exported + stats.dropped == 8 and stats.buffered == 0
 
 

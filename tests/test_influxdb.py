@@ -28,7 +28,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from flask_chest_otel._delivery import Status
+from flask_chest_otel._delivery import Fate
 from flask_chest_otel._names import ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, SCOPE_NAME
 from flask_chest_otel.influxdb import FlaskChestInfluxDB, InfluxDBMetricExporter
 
@@ -264,7 +264,7 @@ def test_lines_are_posted_gzipped_with_token_org_bucket_and_ns_precision(
     double: InfluxDB2WriteDouble, exporters: list[InfluxDBMetricExporter]
 ) -> None:
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
-    assert exporter._send([LINE, LINE.replace(b"r1", b"r2")]).status is Status.DELIVERED
+    assert exporter._send([LINE, LINE.replace(b"r1", b"r2")]).delivered_all
     [request] = double.requests
     assert request.path == "/api/v2/write"
     assert request.query == {"org": "my-org", "bucket": "my-bucket", "precision": "ns"}
@@ -282,7 +282,7 @@ def test_wrong_token_is_rejected_with_an_actionable_message_without_the_token(
         exporters, url=double.url, token="wrong-" + TOKEN, org="my-org", bucket="my-bucket"
     )
     outcome = exporter._send([LINE])
-    assert outcome.status is Status.REJECTED
+    assert outcome.rest is Fate.REFUSED
     assert "401" in outcome.message and "token" in outcome.message
     with caplog.at_level(logging.DEBUG):
         exporter.export(decorated_data([("m", "r", 1.0, T)]))
@@ -305,7 +305,7 @@ def test_missing_org_or_bucket_is_rejected_naming_both(
     named: str,
 ) -> None:
     outcome = make(exporters, url=double.url, token=TOKEN, org=org, bucket=bucket)._send([LINE])
-    assert outcome.status is Status.REJECTED
+    assert outcome.rest is Fate.REFUSED
     assert "404" in outcome.message and named in outcome.message
     assert f"org {org!r}" in outcome.message and f"bucket {bucket!r}" in outcome.message
 
@@ -317,8 +317,9 @@ def test_malformed_line_makes_the_batch_invalid_quoting_the_line(
     which the delivery layer narrows down to that item."""
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
     outcome = exporter._send([LINE, b"broken line here"])
-    assert outcome.status is Status.INVALID
-    assert "400" in outcome.message and "broken line here" in outcome.message
+    # 2.x names the line it could not parse and writes nothing: the other is sent again.
+    assert outcome.expand(2) == [Fate.RESEND, Fate.REFUSED]
+    assert "400" in outcome.message and "broken line here" in outcome.reason(1)
 
 
 def test_unhealable_field_type_conflict_422_is_rejected_counting_the_delivered_points(
@@ -327,12 +328,11 @@ def test_unhealable_field_type_conflict_422_is_rejected_counting_the_delivered_p
     """A string where a float is stored cannot be converted: that point is
     refused (named, with both types), the other one delivered."""
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
-    assert exporter._send([LINE]).status is Status.DELIVERED
+    assert exporter._send([LINE]).delivered_all
     outcome = exporter._send([b'm value="text" 2', b"m2 value=1 2"])
-    assert outcome.status is Status.REJECTED
-    assert "field type conflict" in outcome.message
-    assert "measurement 'm' field 'value': string sent, float stored" in outcome.message
-    assert outcome.delivered == 1
+    assert outcome.expand(2) == [Fate.REFUSED, Fate.DELIVERED]
+    assert "field type conflict" in outcome.reason(0)
+    assert "measurement 'm' field 'value': string sent, float stored" in outcome.reason(0)
 
 
 def test_413_splits_the_batch_until_it_fits(
@@ -374,7 +374,7 @@ def test_429_and_5xx_are_retried_honouring_retry_after(
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
     double.script.append(Scripted(status, {"code": "x", "message": "busy"}, headers))
     outcome = exporter._send([LINE])
-    assert outcome.status is Status.RETRY and outcome.retry_after == retry_after
+    assert outcome.rest is Fate.RETRY and outcome.retry_after == retry_after
     double.script.append(Scripted(status, {"code": "x", "message": "busy"}, headers))
     exporter.export(decorated_data([("m", "r", 1.0, T)]))
     started = time.monotonic()
@@ -390,7 +390,7 @@ def test_redirect_is_never_counted_as_delivered(
     exporter = make(exporters, url=double.url, token=TOKEN, org="my-org", bucket="my-bucket")
     double.script.append(Scripted(302, None, {"Location": "https://login.example/"}))
     outcome = exporter._send([LINE])
-    assert outcome.status is Status.REJECTED and "login.example" in outcome.message
+    assert outcome.rest is Fate.REFUSED and "login.example" in outcome.message
 
 
 def test_unreachable_server_is_retried_and_data_kept(
@@ -407,7 +407,7 @@ def test_unreachable_server_is_retried_and_data_kept(
         timeout=1.0,
     )
     outcome = exporter._send([LINE])
-    assert outcome.status is Status.RETRY and "cannot reach" in outcome.message
+    assert outcome.rest is Fate.RETRY and "cannot reach" in outcome.message
     assert TOKEN not in outcome.message
 
 
@@ -448,9 +448,9 @@ def test_v1_field_type_conflict_is_rejected(
     influxd: InfluxDB1, exporters: list[InfluxDBMetricExporter]
 ) -> None:
     exporter = make(exporters, url=influxd.url, database="chest", username="admin", password="pw")
-    assert exporter._send([b"conflict value=1 1"]).status is Status.DELIVERED
+    assert exporter._send([b"conflict value=1 1"]).delivered_all
     outcome = exporter._send([b'conflict value="s" 2'])
-    assert outcome.status is Status.REJECTED and "field type conflict" in outcome.message
+    assert outcome.expand(1) == [Fate.REFUSED] and "field type conflict" in outcome.reason(0)
 
 
 def test_v1_wrong_password_and_missing_database_are_rejected(
@@ -458,10 +458,10 @@ def test_v1_wrong_password_and_missing_database_are_rejected(
 ) -> None:
     bad = make(exporters, url=influxd.url, database="chest", username="admin", password="no")
     outcome = bad._send([LINE])
-    assert outcome.status is Status.REJECTED and "401" in outcome.message
+    assert outcome.rest is Fate.REFUSED and "401" in outcome.message
     missing = make(exporters, url=influxd.url, database="nodb", username="admin", password="pw")
     outcome = missing._send([LINE])
-    assert outcome.status is Status.REJECTED and "'nodb'" in outcome.message
+    assert outcome.rest is Fate.REFUSED and "'nodb'" in outcome.message
 
 
 # -- configuration ------------------------------------------------------------------
@@ -551,7 +551,7 @@ def test_v2_mode_against_influxdb_1x_names_database_as_the_fix(
     message names the server version and database= as the fix."""
     exporter = make(exporters, url=influxd.url, token=TOKEN, org="o", bucket="b")
     outcome = exporter._send([LINE])
-    assert outcome.status is Status.REJECTED
+    assert outcome.rest is Fate.REFUSED
     assert "404" in outcome.message and "InfluxDB 1.6" in outcome.message
     assert "give database=" in outcome.message
 
@@ -561,7 +561,7 @@ def test_v1_basic_auth_failure_talks_about_username_and_password_not_a_token(
 ) -> None:
     bad = make(exporters, url=influxd.url, database="chest", username="admin", password="no")
     outcome = bad._send([LINE])
-    assert outcome.status is Status.REJECTED and "401" in outcome.message
+    assert outcome.rest is Fate.REFUSED and "401" in outcome.message
     assert "username 'admin' and its password" in outcome.message
     assert "token" not in outcome.message.lower() and "bucket" not in outcome.message
 
@@ -580,7 +580,8 @@ def test_non_json_error_body_does_not_configure_the_applications_logging(
             sink.default = Reply(status=400, body=b"<html>bad gateway page</html>")
             exporter = make(exporters, url=sink.url, token=TOKEN, org="o", bucket="b")
             outcome = exporter._send([LINE])
-            assert outcome.status is Status.REJECTED and "bad gateway page" in outcome.message
+            # A 400 that names no line: the drain narrows the batch down.
+            assert outcome.rest is Fate.SUSPECT and "bad gateway page" in outcome.message
             added = root.handlers[:]
     finally:
         root.handlers[:] = saved
@@ -594,8 +595,10 @@ def test_v1_malformed_line_makes_the_batch_invalid(
     ones: INVALID (narrowed by the delivery layer), the line quoted."""
     exporter = make(exporters, url=influxd.url, database="chest", username="admin", password="pw")
     outcome = exporter._send([b"good value=1 1", b"broken line here"])
-    assert outcome.status is Status.INVALID
-    assert "400" in outcome.message and "broken line here" in outcome.message
+    # 1.x names the line and writes the other ("partial write"), but its
+    # "dropped=0" does not count the unparsable line: the other is sent again.
+    assert outcome.expand(2)[1] is Fate.REFUSED
+    assert "400" in outcome.message and "broken line here" in outcome.reason(1)
 
 
 def test_one_line_the_server_refuses_costs_only_its_own_request(

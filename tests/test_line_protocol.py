@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from influxdb_client import Point
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 
-from flask_chest_otel._line_protocol import LineEncoder, format_field, to_bytes
 from flask_chest_otel._names import (
     ATTR_INDEX,
     ATTR_METHOD,
@@ -23,7 +22,8 @@ from flask_chest_otel._names import (
     ATTR_ROUTE,
     ATTR_STRING_VALUE,
 )
-from flask_chest_otel._schema import FieldValue, decorated_row
+from flask_chest_otel.influxdb._line_protocol import LineEncoder, format_field, to_bytes
+from flask_chest_otel.influxdb._rows import FieldValue, decorated_row
 
 from .servers import InfluxDB1, VictoriaMetrics, http, influxdb1, victoria_metrics
 

@@ -43,11 +43,11 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from flask_chest_otel import _otel2influx
-from flask_chest_otel._delivery import RateLimitedLog
-from flask_chest_otel._line_protocol import LineEncoder
-from flask_chest_otel._otel2influx import attribute_text
-from flask_chest_otel._schema import Schema, rows
+from flask_chest_otel._logging import RateLimitedLog
+from flask_chest_otel.influxdb import _otel2influx
+from flask_chest_otel.influxdb._line_protocol import LineEncoder
+from flask_chest_otel.influxdb._otel2influx import attribute_text
+from flask_chest_otel.influxdb._rows import Schema, rows
 
 from .servers import InfluxDB1, influxdb1
 

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from flask_chest_otel import FlaskChestOTel, FlaskChestSQLite, flask_chest, trace_id_request_id
 from flask_chest_otel._chest import Chest
-from flask_chest_otel._delivery import Outcome
+from flask_chest_otel._delivery import Settlement
 from flask_chest_otel.extension import FlaskChestExtension
 from flask_chest_otel.otel import OTelExporterAdapter
 
@@ -376,7 +376,7 @@ class KeepingExporter(MetricExporter):
 class PicklingAdapter(OTelExporterAdapter):
     """Sends what went through pickle and back, as the on-disk spool stores it."""
 
-    def _send(self, batch: Sequence[Any]) -> Outcome:
+    def _send(self, batch: Sequence[Any]) -> Settlement:
         return super()._send([pickle.loads(pickle.dumps(item)) for item in batch])
 
 

@@ -225,7 +225,7 @@ def test_the_signalfx_chest_posts_datapoints_with_the_token(sink: HTTPSink) -> N
         token="s3cr3t-token", url=sink.url + "/v2/datapoint", dimensions={"app": "shop"}
     )
     try:
-        chest._receive(
+        chest.exporter.export(
             recorded(
                 ("r1", [("transaction", 1), ("response_time", 0.5)]),
                 ("r2", [("transaction", 1)]),
@@ -256,7 +256,7 @@ def test_the_token_is_never_logged(sink: HTTPSink, caplog: pytest.LogCaptureFixt
     sink.default = Reply(401, b'{"error": "bad token"}')
     chest = FlaskChestSignalFx(name="SFX", token="s3cr3t-token", url=sink.url + "/v2/datapoint")
     try:
-        chest._receive(recorded(("r1", [("transaction", 1)])))
+        chest.exporter.export(recorded(("r1", [("transaction", 1)])))
         assert chest.exporter.force_flush(5_000) is False  # the point was refused
         assert chest.exporter.stats.dropped_rejected == 1
         messages = [record.getMessage() for record in caplog.records]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_chest_otel._delivery import DELIVERED, Outcome, Status
+from flask_chest_otel._delivery import DELIVERED, retry
 from flask_chest_otel._spool import Spool, encode_frame, read_items
 
 from .conftest import wait_for
@@ -255,11 +255,11 @@ def test_a_file_locked_by_a_live_process_is_left_alone(tmp_path: Path) -> None:
 
 def test_the_spool_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
     exporter = ScriptedExporter(
-        lambda batch: Outcome(Status.RETRY, "down"), spool_dir=tmp_path, spool_max_bytes=100
+        lambda batch: retry("down"), spool_dir=tmp_path, spool_max_bytes=100
     )
     exporter.put(*range(20))  # 10-byte frames (9 header + 1-2 payload)
-    assert exporter._spool is not None
-    assert exporter._spool.live_bytes <= 100
+    assert exporter._buffer.spool is not None
+    assert exporter._buffer.spool.live_bytes <= 100
     assert exporter.stats.dropped_buffer_full == 20 - exporter.stats.buffered
     exporter.shutdown(timeout_millis=10)
     items, _ = read_items(spool_files(tmp_path)[0].read_bytes())
@@ -271,12 +271,11 @@ def test_the_spool_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> Non
 
 def test_a_long_outage_compacts_the_file_instead_of_growing_it(tmp_path: Path) -> None:
     exporter = ScriptedExporter(
-        lambda batch: Outcome(Status.RETRY, "down"), spool_dir=tmp_path, max_buffer_items=1_000
+        lambda batch: retry("down"), spool_dir=tmp_path, max_buffer_items=1_000
     )
     for start in range(0, 200_000, 1_000):
         exporter.put(*range(start, start + 1_000))
-        exporter._discard(0)  # where the sender compacts
-    spool = exporter._spool
+    spool = exporter._buffer.spool
     assert spool is not None and spool.path is not None
     assert spool.path.stat().st_size <= max(2 * spool.live_bytes, 1 << 20) + 20_000
     exporter.shutdown(timeout_millis=10)

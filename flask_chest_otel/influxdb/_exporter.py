@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import gzip
-import json
 import logging
 import os
-import re
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -28,10 +26,19 @@ from influxdb_client.rest import ApiException
 from influxdb_client.service.write_service import WriteService
 from opentelemetry.sdk.metrics.export import MetricsData
 
-from . import environment_variables
-from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
-from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
-from ._http import check_url, parse_retry_after, safe_url
+from .. import environment_variables
+from .._delivery import (
+    DELIVERED,
+    BufferedExporter,
+    Fate,
+    Settlement,
+    refused,
+    retry,
+    too_large,
+)
+from .._http import check_url, parse_retry_after, safe_url
+from .._records import Record, by_name
+from ._answers import MAX_MESSAGE, Conflict, conflict_of, judge_refusal, server_message
 from ._line_protocol import (
     LineEncoder,
     field_type_of,
@@ -40,10 +47,9 @@ from ._line_protocol import (
     to_bytes,
     unescape,
 )
-from ._records import Record, by_name
-from ._schema import SCHEMAS, Schema, other_rows, scopes
+from ._rows import SCHEMAS, Schema, other_rows, scopes
 
-__all__ = ["FlaskChestInfluxDB", "InfluxDBMetricExporter"]
+__all__ = ["InfluxDBMetricExporter"]
 
 # Environment variables read when an argument is not given (the names
 # influxdb-client's ``InfluxDBClient.from_env_properties`` uses, plus the bucket).
@@ -55,18 +61,10 @@ ENV_TIMEOUT = environment_variables.INFLUXDB_V2_TIMEOUT
 ENV_VERIFY_SSL = environment_variables.INFLUXDB_V2_VERIFY_SSL
 ENV_SSL_CA_CERT = environment_variables.INFLUXDB_V2_SSL_CA_CERT
 
-_DROPPED = re.compile(r"dropped=(\d+)")
-_CONFLICT = re.compile(
-    r'field type conflict: input field "(?P<field>.*?)" on measurement "(?P<measurement>.*)" '
-    r"is type (?P<input>\w+), already exists as type (?P<stored>\w+)"
-)
-#: Field type conflicts healed per batch at most (one (measurement, field) each).
-_MAX_CONFLICT_ROUNDS = 8
 #: gzip level of request bodies. On 5,000 decorated lines (650 KB), level 1
 #: took 6.1 ms for 153 KB, influxdb-client's level 9 20.4 ms for 140 KB.
 GZIP_LEVEL = 1
 _RETRY_STATUSES = frozenset({408, 429})
-_MAX_MESSAGE = 500
 
 
 class _ModuleLogging:
@@ -109,23 +107,6 @@ def _check_url(url: str) -> str:
 def _shown(url: str) -> str:
     """The URL without any user:password part, for messages."""
     return safe_url(url, keep_query=True)
-
-
-def _server_message(body: Any) -> str:
-    """The message of an InfluxDB error body: 2.x ``{"code","message"}``,
-    1.x ``{"error"}``, else the text."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    text = str(body or "").strip()
-    try:
-        decoded = json.loads(text)
-    except ValueError:
-        decoded = None
-    if isinstance(decoded, dict):
-        text = str(decoded.get("message") or decoded.get("error") or text)
-    if len(text) > _MAX_MESSAGE:
-        text = text[:_MAX_MESSAGE] + "..."
-    return text
 
 
 class InfluxDBMetricExporter(BufferedExporter[bytes]):
@@ -219,7 +200,6 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         self._encoder = LineEncoder(self.custom_tags, request_id_field)
         #: (measurement, field) -> the type the server stores, learnt from conflicts.
         self._stored_types: dict[tuple[str, str], str] = {}
-        self._conflict: tuple[str, str, str, str] | None = None
         self._token = _env(token, ENV_TOKEN)
         self._username = username
         self._password = password
@@ -274,55 +254,71 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
     def _item_size(self, item: bytes) -> int:
         return len(item) + 1
 
-    def _send(self, batch: Sequence[bytes]) -> Outcome:
-        lines = list(batch)
-        refused: list[str] = []
-        if self._stored_types:
-            lines = self._retype(lines, refused)
-        outcome = self._write(lines)
-        # A field type conflict: learn the stored type, convert what converts
-        # without loss, drop the rest, and send again (each round learns one
-        # (measurement, field); rewritten points overwrite themselves).
-        for _ in range(_MAX_CONFLICT_ROUNDS):
-            conflict = self._conflict
-            if conflict is None:
+    def _send(self, batch: Sequence[bytes]) -> Settlement:
+        """One write of the batch, healing field type conflicts first.
+
+        A conflict the server names teaches the type it stores for that
+        (measurement, field): lines holding another type are converted where
+        nothing is lost (an int as a float, an integral float as an int), else
+        refused, and the batch is written again; as many rounds as the batch
+        holds distinct conflicts, each learnt once (a rewritten point
+        overwrites itself). Any other refusal is judged by ``_answers``."""
+        refused: dict[int, str] = {}
+        positions = list(range(len(batch)))
+        learnt: set[tuple[str, str]] = set()
+        while True:
+            lines, positions = self._retype(batch, positions, refused)
+            if not lines:
+                settlement: Settlement = DELIVERED
                 break
-            measurement, field, _input, stored = conflict
-            known = self._stored_types.get((measurement, field))
-            self._stored_types[(measurement, field)] = stored
-            if known is None:
-                self.logger.warning(
-                    "%s: %s: field %r of measurement %r is stored as %s: points holding "
-                    "another type are converted where nothing is lost, else dropped",
-                    self.name,
-                    self.destination,
-                    field,
-                    measurement,
-                    stored,
-                )
-            before = len(refused)
-            retyped = self._retype(lines, refused)
-            if retyped == lines and len(refused) == before:
-                break  # nothing of ours to convert: leave the server's answer as it is
-            lines = retyped
-            outcome = self._write(lines) if lines else DELIVERED
-        if not refused:
-            return outcome
-        delivered = len(lines) if outcome.status is Status.DELIVERED else outcome.delivered
-        return Outcome(
-            Status.REJECTED,
-            f"{self.destination}: {len(refused)} point(s) dropped for a field type conflict "
-            f"that no lossless conversion heals ({refused[0]})"
-            + (f"; then {outcome.message}" if outcome.message else ""),
-            delivered=delivered,
+            settlement, conflict = self._write(lines)
+            if conflict is None or (conflict.measurement, conflict.field) in learnt:
+                break
+            learnt.add((conflict.measurement, conflict.field))
+            self._learn(conflict)
+        if not refused and len(positions) == len(batch):
+            return settlement
+        fates = dict.fromkeys(refused, Fate.REFUSED)
+        reasons = dict(refused)
+        for sent, index in enumerate(positions):
+            fates[index] = settlement.fate(sent)
+            if sent in settlement.reasons:
+                reasons[index] = settlement.reasons[sent]
+        return Settlement(
+            Fate.DELIVERED,
+            fates,
+            message=settlement.message,
+            reasons=reasons,
+            retry_after=settlement.retry_after,
         )
 
-    def _retype(self, lines: list[bytes], refused: list[str]) -> list[bytes]:
-        """``lines`` with fields converted to the types the server stores
-        (``_stored_types``); unconvertible lines left out and described in
-        ``refused``."""
-        result = []
-        for raw in lines:
+    def _learn(self, conflict: Conflict) -> None:
+        key = (conflict.measurement, conflict.field)
+        known = self._stored_types.get(key)
+        self._stored_types[key] = conflict.stored
+        if known != conflict.stored:
+            self.logger.warning(
+                "%s: %s: field %r of measurement %r is stored as %s: points holding "
+                "another type are converted where nothing is lost, else dropped",
+                self.name,
+                self.destination,
+                conflict.field,
+                conflict.measurement,
+                conflict.stored,
+            )
+
+    def _retype(
+        self, batch: Sequence[bytes], positions: list[int], refused: dict[int, str]
+    ) -> tuple[list[bytes], list[int]]:
+        """The lines at ``positions`` with fields converted to the types the
+        server stores (``_stored_types``), and their positions; a line that
+        cannot be converted is left out, its reason put in ``refused``."""
+        if not self._stored_types:
+            return [batch[index] for index in positions], positions
+        lines: list[bytes] = []
+        kept: list[int] = []
+        for index in positions:
+            raw = batch[index]
             line = raw.decode("utf-8", "replace")
             measurement = measurement_of(line)
             names = (measurement, unescape(measurement))
@@ -332,21 +328,23 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
                     continue
                 retyped = retype_field(keep, field, stored)
                 if retyped is None:
-                    refused.append(
-                        f"measurement {name!r} field {field!r}: "
+                    refused[index] = (
+                        f"{self.destination}: field type conflict that no lossless conversion "
+                        f"heals: measurement {name!r} field {field!r}: "
                         f"{field_type_of(keep, field)} sent, {stored} stored"
                     )
                     keep = None
                 else:
                     keep = retyped[0]
-            if keep is line:
-                result.append(raw)
-            elif keep is not None:
-                result.append(to_bytes(keep))
-        return result
+            if keep is None:
+                continue
+            lines.append(raw if keep is line else to_bytes(keep))
+            kept.append(index)
+        return lines, kept
 
-    def _write(self, lines: Sequence[bytes]) -> Outcome:
-        self._conflict = None
+    def _write(self, lines: Sequence[bytes]) -> tuple[Settlement, Conflict | None]:
+        """One POST of ``lines``: what the server made of each, and the field
+        type conflict it named, if any."""
         body = b"\n".join(lines)
         if self.enable_gzip:
             body = gzip.compress(body, compresslevel=GZIP_LEVEL)
@@ -356,18 +354,17 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             else:
                 self._v1_write(body)
         except ApiException as error:
-            return self._outcome(error, len(lines))
+            return self._judge(error, lines)
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {_describe(error)}")
+            return retry(f"cannot reach {_shown(self.url)}: {_describe(error)}"), None
         except ValueError:
             # http.client refuses a header value holding a newline or another
             # control character, and its message quotes the value: the token.
-            return Outcome(
-                Status.REJECTED,
+            return refused(
                 f"{self.destination}: not sent: the token or a header holds a newline or "
-                "another character HTTP headers cannot carry (value not shown)",
-            )
-        return DELIVERED
+                "another character HTTP headers cannot carry (value not shown)"
+            ), None
+        return DELIVERED, None
 
     def _close(self) -> None:
         client, self._client, self._write_service = self._client, None, None
@@ -439,75 +436,69 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             urlopen_kw={"redirect": False},
         )
 
-    def _outcome(self, error: ApiException, batch_size: int) -> Outcome:
+    def _judge(
+        self, error: ApiException, lines: Sequence[bytes]
+    ) -> tuple[Settlement, Conflict | None]:
+        """A refused write: retried (no answer, 408, 429, 5xx), split (413),
+        refused whole (a redirect, the credentials, a missing bucket, any
+        other refusal of the request), or, for a 400 or 422 about the data,
+        narrowed down to the lines it is about (``_answers``)."""
         status = int(error.status or 0)
         if status == 0:  # influxdb-client's wrapping of urllib3's SSLError: no HTTP answer
-            reason = " ".join(str(error.reason or "").split())[:_MAX_MESSAGE]
-            return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {reason}")
-        message = _server_message(error.body)
+            reason = " ".join(str(error.reason or "").split())[:MAX_MESSAGE]
+            return retry(f"cannot reach {_shown(self.url)}: {reason}"), None
+        message = server_message(error.body)
         headers: Mapping[str, str] = error.headers or {}
         said = f" (HTTP {status}: {message})" if message else f" (HTTP {status})"
         if status == 413:
-            return Outcome(Status.TOO_LARGE, f"{self.destination}: batch too large{said}")
+            return too_large(f"{self.destination}: batch too large{said}"), None
         if status in _RETRY_STATUSES or status >= 500:
             retry_after = parse_retry_after(headers.get("Retry-After"))
-            return Outcome(Status.RETRY, f"{self.destination} is unavailable{said}", retry_after)
+            return retry(f"{self.destination} is unavailable{said}", retry_after), None
         if 300 <= status < 400:
             location = headers.get("Location", "?")
-            return Outcome(
-                Status.REJECTED,
+            return refused(
                 f"{_shown(self.url)} redirected the write to {location!r} (HTTP {status}); "
-                "set url to the final address (a redirect is never counted as delivered)",
-            )
+                "set url to the final address (a redirect is never counted as delivered)"
+            ), None
         if status in (401, 403):
-            if self._username is not None:
-                hint = (
-                    f"check username {self._username!r} and its password, and that this user "
-                    f"may write to database {self.database!r}"
-                )
-                what = "username and password were"
-            elif self.database is not None:
-                hint = f"check that the token is valid and may write to database {self.database!r}"
-                what = "token was"
-            else:
-                hint = "check that the token is valid and may write to this bucket"
-                what = "token was"
-            return Outcome(Status.REJECTED, f"{self.destination}: the {what} refused{said}; {hint}")
+            return refused(f"{self.destination}: {self._credentials_refused()}{said}"), None
         if status == 404:
-            version = str(headers.get("X-Influxdb-Version") or "")
-            if self.database is None and version.startswith(("0.", "1.")):
-                hint = (
-                    f"this server is InfluxDB {version}, which has no /api/v2/write: give "
-                    "database= (and username=/password= if it checks them) instead of "
-                    "org/bucket, or upgrade it to 1.8 or later"
-                )
-            elif self.database is not None:
-                hint = f"check that database {self.database!r} exists"
-            else:
-                hint = f"check that org {self.org!r} and bucket {self.bucket!r} exist"
-            return Outcome(Status.REJECTED, f"{self.destination}: not found{said}; {hint}")
-        conflict = _CONFLICT.search(message)
-        if conflict is not None:
-            self._conflict = (
-                conflict.group("measurement"),
-                conflict.group("field"),
-                conflict.group("input"),
-                conflict.group("stored"),
+            return refused(f"{self.destination}: not found{said}; {self._not_found(headers)}"), None
+        if status not in (400, 422):
+            return refused(f"{self.destination} refused the write{said}"), None
+        refusal = f"{self.destination} refused lines{said}"
+        return judge_refusal(error.body, lines, refusal), conflict_of(message)
+
+    def _credentials_refused(self) -> str:
+        if self._username is not None:
+            return (
+                f"username {self._username!r} and its password were refused; check them, "
+                f"and that this user may write to database {self.database!r}"
             )
-        if status == 400 and "unable to parse" in message:
-            # "unable to parse '<line>': ..." names the first bad line only: 2.x
-            # refuses the whole batch, 1.x writes the others but counts no drop
-            # ("partial write: unable to parse ... dropped=0"). Either way the
-            # delivery layer narrows the batch down to the refused lines
-            # (sending a written point again overwrites it with itself).
-            return Outcome(Status.INVALID, f"{self.destination} refused the batch{said}")
-        dropped = _DROPPED.search(message)
-        delivered = batch_size - int(dropped.group(1)) if dropped else 0
-        return Outcome(
-            Status.REJECTED,
-            f"{self.destination} rejected the lines{said}",
-            delivered=max(0, min(batch_size, delivered)),
-        )
+        if not self._token:
+            return (
+                "the server asks for credentials and none were given (token=, or "
+                "username=/password= for InfluxDB 1.x)"
+            )
+        if self.database is not None:
+            return (
+                "the token was refused; check that it is valid and may write to "
+                f"database {self.database!r}"
+            )
+        return "the token was refused; check that it is valid and may write to this bucket"
+
+    def _not_found(self, headers: Mapping[str, str]) -> str:
+        version = str(headers.get("X-Influxdb-Version") or "")
+        if self.database is None and version.startswith(("0.", "1.")):
+            return (
+                f"this server is InfluxDB {version}, which has no /api/v2/write: give "
+                "database= (and username=/password= if it checks them) instead of "
+                "org/bucket, or upgrade it to 1.8 or later"
+            )
+        if self.database is not None:
+            return f"check that database {self.database!r} exists"
+        return f"check that org {self.org!r} and bucket {self.bucket!r} exist"
 
 
 def _b64(text: str) -> str:
@@ -519,45 +510,4 @@ def _describe(error: BaseException) -> str:
     if isinstance(reason, BaseException):
         error = reason
     text = str(error)
-    return f"{type(error).__name__}: {text[:_MAX_MESSAGE]}" if text else type(error).__name__
-
-
-class FlaskChestInfluxDB(Chest):
-    """A chest writing decorated variables to InfluxDB 2.x (flask-chest's
-    ``FlaskChestInfluxDB``, same arguments).
-
-    Every point of a request carries that request's time (ns), the tags
-    ``request_id``, ``method``, ``route`` and ``custom_tags``, and the field
-    ``value`` in the value's own type. Keyword options of
-    ``InfluxDBMetricExporter`` (``timeout``, ``enable_gzip``, ``database``,
-    ``request_id_field``, spool options...) are passed through.
-    """
-
-    exporter: InfluxDBMetricExporter
-
-    def __init__(
-        self,
-        name: str,
-        url: str | None = None,
-        token: str | None = None,
-        org: str | None = None,
-        bucket: str | None = None,
-        custom_tags: Mapping[str, str] | None = None,
-        logger: logging.Logger | None = None,
-        export_interval: float = DEFAULT_EXPORT_INTERVAL,
-        **exporter_options: Any,
-    ) -> None:
-        exporter = InfluxDBMetricExporter(
-            url=url,
-            token=token,
-            org=org,
-            bucket=bucket,
-            custom_tags=custom_tags,
-            name=name,
-            logger=logger,
-            **exporter_options,
-        )
-        super().__init__(name, exporter, export_interval=export_interval, logger=logger)
-
-    def __repr__(self) -> str:
-        return f"FlaskChestInfluxDB(name={self.name!r}, destination={self.exporter.destination!r})"
+    return f"{type(error).__name__}: {text[:MAX_MESSAGE]}" if text else type(error).__name__

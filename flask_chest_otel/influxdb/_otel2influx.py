@@ -68,7 +68,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -86,14 +86,10 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from ._delivery import RateLimitedLog
-from ._names import SCOPE_NAME
-from ._trace import hex_ids
-
-if TYPE_CHECKING:
-    from ._schema import FieldValue, Row, Schema
-
-LOGGER = logging.getLogger("flask_chest_otel")
+from .._logging import LOGGER, RateLimitedLog
+from .._names import SCOPE_NAME
+from .._trace import hex_ids
+from ._row import SCHEMAS, FieldValue, Row, Schema
 
 #: ``on_refused(metric_name, reason)``: told of each point left out.
 RefusalHook = Callable[[str, str], None]
@@ -341,8 +337,6 @@ def exponential_buckets(point: ExponentialHistogramDataPoint) -> Iterator[tuple[
 
 def exemplar_rows(name: str, point: AnyPoint, on_refused: RefusalHook) -> Iterator[Row]:
     """The ``<name>_exemplar`` rows of a point's exemplars that name a trace."""
-    from ._schema import Row  # _schema imports this module
-
     for exemplar in point.exemplars or ():
         value = exemplar.value
         if value is None:
@@ -386,8 +380,6 @@ def metric_rows(
     metric: Metric, base_tags: Mapping[str, str], on_refused: RefusalHook = log_refusal
 ) -> Iterator[Row]:
     """Rows of one non-decorated metric (telegraf-prometheus-v1)."""
-    from ._schema import Row  # _schema imports this module
-
     data = metric.data
     name = metric.name
     fields: dict[str, FieldValue]
@@ -432,8 +424,6 @@ def metric_rows_v2(
     metric: Metric, base_tags: Mapping[str, str], on_refused: RefusalHook = log_refusal
 ) -> Iterator[Row]:
     """Rows of one non-decorated metric (telegraf-prometheus-v2)."""
-    from ._schema import Row  # _schema imports this module
-
     data = metric.data
     name = metric.name
     fields: dict[str, FieldValue]
@@ -468,8 +458,6 @@ def metric_rows_v2(
 
 def other_rows(schema: Schema) -> RowBuilder:
     """The row builder of non-decorated metrics for ``schema``."""
-    from ._schema import SCHEMAS  # _schema imports this module
-
     if schema == "telegraf-prometheus-v1":
         return metric_rows
     if schema == "telegraf-prometheus-v2":

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
 
 from opentelemetry.sdk.metrics.export import MetricsData, NumberDataPoint
 
-from ._names import (
+from .._names import (
     ATTR_INDEX,
     ATTR_METHOD,
     ATTR_REQUEST_ID,
@@ -31,32 +29,18 @@ from ._names import (
     ATTR_STRING_VALUE,
     ATTR_TIME,
 )
+from .._trace import point_trace
 from ._otel2influx import RefusalHook, attribute_text, log_refusal
 from ._otel2influx import other_rows as other_rows  # re-exported for the exporters
 from ._otel2influx import scopes as scopes
-from ._trace import point_trace
-
-FieldValue = float | int | bool | str
-Schema = Literal["telegraf-prometheus-v1", "telegraf-prometheus-v2"]
-SCHEMAS: tuple[Schema, ...] = ("telegraf-prometheus-v1", "telegraf-prometheus-v2")
+from ._row import SCHEMAS as SCHEMAS
+from ._row import FieldValue as FieldValue
+from ._row import Row as Row
+from ._row import Schema as Schema
+from ._row import keep as keep
 
 #: How decorated-variable attributes become tags.
 DECORATED_TAGS = {ATTR_REQUEST_ID: "request_id", ATTR_METHOD: "method", ATTR_ROUTE: "route"}
-
-
-@dataclass(slots=True)
-class Row:
-    """One line of line protocol, or one SQLite row per field."""
-
-    measurement: str
-    tags: dict[str, str]
-    fields: dict[str, FieldValue]
-    time_unix_nano: int
-    decorated: bool = False
-
-
-def _finite(value: FieldValue) -> bool:
-    return not isinstance(value, float) or math.isfinite(value)
 
 
 def decorated_row(metric_name: str, point: NumberDataPoint, request_id_field: bool = False) -> Row:
@@ -124,12 +108,3 @@ def rows(
                 for row in build(metric, base, on_refused):
                     if keep(row):
                         yield row
-
-
-def keep(row: Row) -> bool:
-    """Whether the row has a field left once non-finite values are left out
-    (which it then no longer holds)."""
-    if all(_finite(value) for value in row.fields.values()):
-        return True
-    row.fields = {key: value for key, value in row.fields.items() if _finite(value)}
-    return bool(row.fields)

@@ -52,10 +52,10 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 
-from ._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
-from ._records import Record, common_layout, record_point, trace_of
-from ._schema import DECORATED_TAGS, FieldValue, decorated_row
-from ._trace import point_trace
+from .._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
+from .._records import Record, common_layout, record_point, trace_of
+from .._trace import point_trace
+from ._rows import DECORATED_TAGS, FieldValue, decorated_row
 
 _CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\0"}
 _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", **_CONTROL})
@@ -112,10 +112,6 @@ def escape_field_key(key: str) -> str:
 
 def _one_more(match: re.Match[str]) -> str:
     return match.group() + "\\"
-
-
-def escape_tag_value(value: str) -> str:
-    return _escape(value, _KEY) if _KEY_SPECIAL(value) else value
 
 
 def format_field(value: FieldValue) -> str | None:
