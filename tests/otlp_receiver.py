@@ -2,7 +2,8 @@
 opentelemetry-proto's service definitions: gRPC (``otlp_receiver``) and
 HTTP/protobuf (``otlp_http_receiver``, ``POST /v1/metrics`` decoding an
 ``ExportMetricsServiceRequest``, gzip or not). Each keeps every request it
-accepts and can refuse the first ``refuse_first`` requests (gRPC
+accepts and can refuse the first ``refuse_first`` requests, or every request
+holding a data point whose attributes ``refuse_point`` judges bad (gRPC
 INVALID_ARGUMENT, HTTP 400: errors the OTLP exporters do not retry
 themselves, so they return FAILURE at once)."""
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,22 +36,38 @@ class ReceivedPoint:
     exemplars: list[tuple[str, str, int]] = field(default_factory=list)
 
 
+#: Judges the attributes of one data point: True refuses the whole request.
+PointJudge = Callable[[dict[str, Any]], bool]
+
+
 class _Store:
     """The requests a receiver accepted, and how many it must still refuse."""
 
-    def __init__(self, refuse_first: int = 0) -> None:
+    def __init__(self, refuse_first: int = 0, refuse_point: PointJudge | None = None) -> None:
         self.requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self.refused = 0
         self.refuse_first = refuse_first
+        self.refuse_point = refuse_point
         self.lock = threading.Lock()
 
     def accept(self, request: Any) -> bool:
         with self.lock:
-            if self.refused < self.refuse_first:
+            if self.refused < self.refuse_first or self._holds_refused_point(request):
                 self.refused += 1
                 return False
             self.requests.append(request)
             return True
+
+    def _holds_refused_point(self, request: Any) -> bool:
+        if self.refuse_point is None:
+            return False
+        return any(
+            self.refuse_point({a.key: _value(a.value) for a in point.attributes})
+            for resource_metrics in request.resource_metrics
+            for scope_metrics in resource_metrics.scope_metrics
+            for metric in scope_metrics.metrics
+            for point in getattr(metric, metric.WhichOneof("data")).data_points
+        )
 
 
 class _Servicer(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
@@ -114,9 +131,11 @@ class OTLPReceiver:
 
 
 @contextmanager
-def otlp_receiver(refuse_first: int = 0) -> Iterator[OTLPReceiver]:
+def otlp_receiver(
+    refuse_first: int = 0, refuse_point: PointJudge | None = None
+) -> Iterator[OTLPReceiver]:
     """An OTLP/gRPC receiver; ``endpoint`` is ``127.0.0.1:PORT``."""
-    store = _Store(refuse_first)
+    store = _Store(refuse_first, refuse_point)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Servicer(store), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -167,9 +186,11 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def otlp_http_receiver(refuse_first: int = 0) -> Iterator[OTLPReceiver]:
+def otlp_http_receiver(
+    refuse_first: int = 0, refuse_point: PointJudge | None = None
+) -> Iterator[OTLPReceiver]:
     """An OTLP/HTTP receiver; ``endpoint`` is ``http://127.0.0.1:PORT/v1/metrics``."""
-    store = _Store(refuse_first)
+    store = _Store(refuse_first, refuse_point)
     server = _HTTPServer(store)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

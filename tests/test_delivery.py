@@ -627,3 +627,26 @@ def test_items_settled_out_of_order_leave_once_and_the_spool_in_order(
     assert spool is not None and spool.live_bytes == 0
     exporter.shutdown()
     assert not list(tmp_path.glob("*.spool"))
+
+
+@pytest.mark.parametrize("where", ["middle", "first", "last", "every probe"])
+def test_a_probe_that_hits_the_bad_item_leaves_no_good_one_taken_for_bad(where: str) -> None:
+    """A bare 400 for one bad item that a probe sends alone: once it is
+    refused, the rest is no longer known to hold a bad item, so nothing good
+    is dropped for it."""
+    size = 1_000
+    bad = {
+        "middle": {size // 2},
+        "first": {0},
+        "last": {size - 1},
+        "every probe": {size // 2, size // 4, (3 * size) // 4, 0},
+    }[where]
+    exporter = ScriptedExporter(
+        lambda batch: suspect("HTTP 400") if bad & set(batch) else DELIVERED,
+        max_batch_items=size,
+    )
+    exporter.put(*range(size))
+    assert not exporter.force_flush(10_000)
+    assert sorted(exporter.delivered) == sorted(set(range(size)) - bad)
+    assert exporter.stats.dropped_rejected == len(bad)
+    exporter.shutdown()

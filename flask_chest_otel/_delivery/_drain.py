@@ -137,6 +137,10 @@ class Drain(Generic[Item]):
             tally = _Tally()
             if self.buffer.failures(batch[0]) >= POISON_AFTER:
                 # Probed now instead of sent whole; again after as many rounds.
+                # Others must be there to pass: a batch of one item (a user
+                # chest's) is widened, its items still sent alone at first.
+                if len(batch) < 2 * POISON_PROBES:
+                    batch = self.buffer.take(2 * POISON_PROBES, self.max_batch_bytes)
                 self.buffer.failed(batch[:1], reset=True)
                 self._narrow(_Pending(suspect=batch), tally, deadline, poison=True)
             else:
@@ -255,6 +259,7 @@ class Drain(Generic[Item]):
         work = self._next(pending)
         if pending.suspect or pending.resend:
             probes = [*pending.suspect, *pending.resend]
+            refused_before = tally.refused
             verdict = self._probe(probes, tally, deadline, poison)
             if verdict == "retry" or verdict == "down":
                 return
@@ -265,6 +270,9 @@ class Drain(Generic[Item]):
                     tally.whole_reason = tally.last_message or tally.refused_reason
                     self._refuse(live, tally, tally.whole_reason)
                 return
+            if tally.refused > refused_before:
+                # A probe was refused: the suspects, less it, may all be good.
+                work = [(group, False) for group, _ in work]
         while work:
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -433,18 +441,17 @@ class Drain(Generic[Item]):
                 "the refusal is about the request, not its data; %d items dropped "
                 "after %d writes: %s",
                 self.name,
-                tally.refused_whole,
+                tally.refused,
                 tally.writes,
                 tally.whole_reason,
             )
-        refused = tally.refused - tally.refused_whole
-        if refused > 0:
+        elif tally.refused:
             self.log.log(
                 logging.ERROR,
                 "refused",
                 "%s: the backend refused %d items for good, dropped: %s; e.g. %s",
                 self.name,
-                refused,
+                tally.refused,
                 tally.refused_reason,
                 tally.refused_example,
             )
