@@ -366,7 +366,7 @@ def test_the_collector_hands_a_burst_over_in_slices_that_never_split_a_request()
                 attributes = ("request_id", f"r{number}")
                 key = sink.key
                 RECORDER.record_many(
-                    [(key, "a", 1, attributes, 1, None), (key, "b", 2, attributes, 1, None)]
+                    [(key, "a", 1, attributes, 1, None, ()), (key, "b", 2, attributes, 1, None, ())]
                 )
         RECORDER.collect()
         assert len(exporter.exports) > 1
