@@ -242,7 +242,12 @@ def test_meter_provider_chest_records_into_an_existing_provider() -> None:
     assert point.value == 1
     attributes = dict(point.attributes or {})
     assert attributes.pop("flask_chest.time_unix_nano") > 0
-    assert attributes == {"request_id": "rid-1", "http.request.method": "POST", "http.route": "/"}
+    assert attributes == {
+        "request_id": "rid-1",
+        "http.request.method": "POST",
+        "http.route": "/",
+        "http.response.status_code": 200,
+    }
     provider.shutdown()
 
 
@@ -366,7 +371,10 @@ def test_the_collector_hands_a_burst_over_in_slices_that_never_split_a_request()
                 attributes = ("request_id", f"r{number}")
                 key = sink.key
                 RECORDER.record_many(
-                    [(key, "a", 1, attributes, 1, None, ()), (key, "b", 2, attributes, 1, None, ())]
+                    [
+                        (key, "a", 1, attributes, 1, None, ()),
+                        (key, "b", 2, attributes, 1, None, ()),
+                    ]
                 )
         RECORDER.collect()
         assert len(exporter.exports) > 1
