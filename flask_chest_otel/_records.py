@@ -7,6 +7,13 @@ no OpenTelemetry point object, attribute dict or exemplar made on the way
 (about half the collector's CPU per request, docs/benchmarks.md); any other
 record, and any other exporter, goes through the ``MetricsData`` that
 ``records_metrics_data`` builds, exactly as the records say.
+
+A record is a plain tuple whose fields are read by name through the index
+constants ``SINK_KEY`` ... ``TAGS`` (``record[VALUE]``), not a
+``typing.NamedTuple``: CPython's garbage collector stops tracking a tuple
+whose items are all untracked, but only an exact tuple, never an instance
+of a subclass (``gc.is_tracked`` stays True on 3.10 to 3.13), and queued
+records must not be tracked (see ``Record``).
 """
 
 from __future__ import annotations

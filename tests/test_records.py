@@ -192,3 +192,20 @@ def test_sqlite_rows_from_records_land_as_before(tmp_path: Path) -> None:
         ("ok", 1, "bool", "r", None, None, time, 201, '{"t": "x"}'),
     ]
     assert json.dumps(got)
+
+
+def test_the_collector_untracks_a_plain_tuple_never_a_named_tuple() -> None:
+    """Why ``Record`` is a plain tuple read through index constants: the same
+    fields in a ``NamedTuple`` stay tracked by the garbage collector."""
+    import gc
+    from typing import NamedTuple
+
+    class Named(NamedTuple):
+        key: int
+        attributes: tuple[str, ...]
+
+    attributes = tuple(["a", "b"])
+    plain, named = tuple([0, attributes]), Named(0, attributes)
+    assert gc.is_tracked(plain) and gc.is_tracked(named)  # when made
+    gc.collect()
+    assert (gc.is_tracked(plain), gc.is_tracked(named)) == (False, True)
