@@ -15,12 +15,25 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
+from . import _environment as environment
 from ._delivery import BufferedExporter
 from ._logging import LOGGER
 from ._recorder import RECORDER, Record
 
-#: Default seconds between exports: short, because users watch SLIs live.
-DEFAULT_EXPORT_INTERVAL = 2.0
+
+class _DefaultInterval(float):
+    """The ``export_interval`` a chest gets when none is given: 2.0 in every
+    signature, read as ``OTEL_METRIC_EXPORT_INTERVAL`` when that is set.
+    A float of its own type, so that every chest's signature can keep
+    ``export_interval=DEFAULT_EXPORT_INTERVAL`` and ``Chest`` can still tell
+    it from a number the user gave (even ``2.0``)."""
+
+    __slots__ = ()
+
+
+#: Default seconds between exports: short, because users watch SLIs live;
+#: ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds) replaces it when set.
+DEFAULT_EXPORT_INTERVAL: float = _DefaultInterval(2.0)
 #: Seconds between hand-overs to a spooling chest: what a SIGKILL can lose.
 SPOOL_COLLECT_INTERVAL = 0.1
 
@@ -29,9 +42,13 @@ class Chest:
     """A destination for decorated variables, given to ``@flask_chest(chests=[...])``.
 
     A chest receives only the measurements of routes decorated with it. Its
-    exporter sends them on its own thread every ``export_interval`` seconds;
-    ``force_flush()`` sends now, ``shutdown()`` (also run at interpreter exit)
-    sends what is left within its timeout and stops.
+    exporter sends them on its own thread every ``export_interval`` seconds
+    (default: ``OTEL_METRIC_EXPORT_INTERVAL``, else 2); ``force_flush()``
+    sends now, ``shutdown()`` (also run at interpreter exit) sends what is
+    left within its timeout and stops.
+
+    Under ``OTEL_SDK_DISABLED=true`` a chest is made shut down: it starts no
+    thread and sends nothing (the decorators record nothing then).
     """
 
     def __init__(
@@ -42,6 +59,8 @@ class Chest:
         export_interval: float = DEFAULT_EXPORT_INTERVAL,
         logger: logging.Logger | None = None,
     ) -> None:
+        if type(export_interval) is _DefaultInterval:
+            export_interval = environment.export_interval() or float(export_interval)
         if not export_interval > 0:
             raise ValueError(
                 f"{name}: export_interval must be > 0 seconds, got {export_interval!r}"
@@ -51,6 +70,11 @@ class Chest:
         self.export_interval = float(export_interval)
         self.exporter = exporter
         exporter.flush_interval = self.export_interval
+        if environment.sdk_disabled():
+            # Shut down from the start: no thread now, nor after a fork.
+            RECORDER.forget(self)
+            exporter.shutdown(timeout_millis=0)
+            return
         # The sender thread exists from now on: Python 3.12+ cannot start one
         # at interpreter exit.
         exporter._ensure_thread()

@@ -26,12 +26,24 @@ from ._names import (
     ATTR_METHOD,
     ATTR_REQUEST_ID,
     ATTR_ROUTE,
+    ATTR_STATUS_CODE,
     ATTR_STRING_VALUE,
     ATTR_TIME,
     SCOPE_NAME,
 )
 from ._pacing import paced
-from ._records import Record, by_name, common_layout, flat_attributes, record_point, trace_of
+from ._records import (
+    TAGS,
+    TIME_UNIX_NANO,
+    VALUE,
+    Layout,
+    Record,
+    by_name,
+    common_layout,
+    flat_attributes,
+    record_point,
+    trace_of,
+)
 from ._trace import point_trace
 
 T = TypeVar("T")
@@ -40,7 +52,11 @@ FlatTuple = tuple[Any, ...]
 
 #: How the decorator's attributes are named in ``ContextTuple.attributes``
 #: (the InfluxDB tag names).
-_DECORATED_ATTRIBUTES = {ATTR_METHOD: "method", ATTR_ROUTE: "route"}
+_DECORATED_ATTRIBUTES = {
+    ATTR_METHOD: "method",
+    ATTR_ROUTE: "route",
+    ATTR_STATUS_CODE: "status_code",
+}
 
 
 class ContextTuple(tuple[str, Any, "str | None"]):
@@ -51,9 +67,11 @@ class ContextTuple(tuple[str, Any, "str | None"]):
 
     Attributes:
         attributes: the data point's attributes; for a decorated variable
-            ``method`` and ``route`` (the request ID is the tuple's third
-            item), and ``trace_id``/``span_id`` (lower-case hex) when the
-            request ran in a recording span.
+            ``method``, ``route`` and ``status_code`` (an int; the request ID
+            is the tuple's third item), the request's tags (``tag_vars``,
+            ``service.name`` and the rest of the OTel resource from the
+            environment) and ``trace_id``/``span_id`` (lower-case hex) when
+            the request ran in a recording span.
         time_unix_nano: the request's time (decorated variables) or the data
             point's time (other metrics); 0 if unknown.
         kind: ``"gauge"`` (a gauge, a decorated variable, or the level a
@@ -164,7 +182,7 @@ def flat_tuple(item: ContextTuple) -> FlatTuple:
 def _record_groups(
     records: Sequence[Record],
     make: Callable[[ContextTuple], T],
-    common: Callable[[str, Record, tuple[str, str, str]], T],
+    common: Callable[[str, Record, Layout], T],
 ) -> list[list[T]]:
     # A record of the common layout (``_records.common_layout``) makes its
     # item with ``common``, without a point or a ContextTuple first.
@@ -177,10 +195,10 @@ def _record_groups(
                 position = order if index is None else index
                 requests_.add(key, item.time_unix_nano, position, make(item))
                 continue
-            request_id, method, route = layout
-            time_unix_nano = record[4]
+            request_id, method, route, _status_code, index = layout
+            time_unix_nano = record[TIME_UNIX_NANO]
             key = (request_id, time_unix_nano, method, route)
-            requests_.add(key, time_unix_nano, record[3][7], common(name, record, layout))
+            requests_.add(key, time_unix_nano, index, common(name, record, layout))
     return requests_.groups()
 
 
@@ -188,23 +206,26 @@ def _same(item: ContextTuple) -> ContextTuple:
     return item
 
 
-def _common_context_tuple(name: str, record: Record, layout: tuple[str, str, str]) -> ContextTuple:
-    request_id, method, route = layout
-    attributes = {"method": method, "route": route}
+def _common_context_tuple(name: str, record: Record, layout: Layout) -> ContextTuple:
+    request_id, method, route, status_code, _index = layout
+    attributes: dict[str, Any] = {"method": method, "route": route, "status_code": status_code}
+    tags = record[TAGS]
+    if tags:
+        attributes.update(zip(tags[::2], tags[1::2], strict=True))
     trace = trace_of(record)
     if trace is not None:
         attributes["trace_id"], attributes["span_id"] = trace
-    return ContextTuple(name, record[2], request_id, attributes, record[4], "gauge")
+    time_unix_nano = record[TIME_UNIX_NANO]
+    return ContextTuple(name, record[VALUE], request_id, attributes, time_unix_nano, "gauge")
 
 
-def _common_flat_tuple(name: str, record: Record, layout: tuple[str, str, str]) -> FlatTuple:
-    request_id, method, route = layout
+def _common_flat_tuple(name: str, record: Record, layout: Layout) -> FlatTuple:
+    request_id, method, route, status_code, _index = layout
     trace = trace_of(record)
-    if trace is None:
-        return (name, record[2], request_id, record[4], "gauge", "method", method, "route", route)
     return (
-        name, record[2], request_id, record[4], "gauge", "method", method, "route", route,
-        "trace_id", trace[0], "span_id", trace[1],
+        name, record[VALUE], request_id, record[TIME_UNIX_NANO], "gauge",
+        "method", method, "route", route, "status_code", status_code, *record[TAGS],
+        *(() if trace is None else ("trace_id", trace[0], "span_id", trace[1])),
     )  # fmt: skip
 
 
@@ -218,6 +239,7 @@ def _decorated_tuple(
     request_id: str | None = None
     index: int | None = None
     time_unix_nano = point.time_unix_nano
+    through_sdk = False
     for attribute, attribute_value in (point.attributes or {}).items():
         if attribute == ATTR_INDEX:
             index = int(attribute_value)  # type: ignore[arg-type]
@@ -227,9 +249,11 @@ def _decorated_tuple(
             value = str(attribute_value)
         elif attribute == ATTR_TIME:
             time_unix_nano = int(attribute_value)  # type: ignore[arg-type]
+            through_sdk = True
         else:
             attributes[_DECORATED_ATTRIBUTES.get(attribute, attribute)] = attribute_value
-    _add_trace(attributes, point)
+    if not through_sdk:  # the SDK's exemplar is its sample: see influxdb._rows.decorated_row
+        _add_trace(attributes, point)
     item = ContextTuple(name, value, request_id, attributes, time_unix_nano, "gauge")
     # Two requests may share an ID (a clock-based generator): their times differ.
     key = (request_id, time_unix_nano, attributes.get("method"), attributes.get("route"))

@@ -33,6 +33,8 @@ from ._logging import LOGGER, RateLimitedLog
 from ._names import ATTR_REQUEST_ID
 from ._pacing import background, pause_if_due, requests_seen
 from ._records import (
+    ATTRIBUTES,
+    SINK_KEY,
     VERSION,
     FlatAttributes,
     Record,
@@ -190,7 +192,7 @@ class Recorder:
                     record = pop()
                 except IndexError:  # _drop_oldest took some meanwhile (and counted them)
                     break
-                for chest in sinks[record[0]].chests:
+                for chest in sinks[record[SINK_KEY]].chests:
                     if chest in per_chest:
                         per_chest[chest].append(record)
                     else:
@@ -242,8 +244,11 @@ def _request_ends(record: Record, pending: deque[Record]) -> bool:
         following = pending[0]
     except IndexError:
         return True
-    request_id = attributes_of(record[3]).get(ATTR_REQUEST_ID)
-    return request_id is None or attributes_of(following[3]).get(ATTR_REQUEST_ID) != request_id
+    request_id = attributes_of(record[ATTRIBUTES]).get(ATTR_REQUEST_ID)
+    return (
+        request_id is None
+        or attributes_of(following[ATTRIBUTES]).get(ATTR_REQUEST_ID) != request_id
+    )
 
 
 def deliver_at_exit() -> None:

@@ -25,6 +25,8 @@ unset variable.
 A conversion that raises (a ``__float__``, ``__index__`` or ``__str__`` of
 the user's) costs that value only: it is carried as the text
 ``<unconvertible TYPE: ERROR>`` and counted in :func:`conversion_errors`.
+
+A tag (``tag_vars``) is text only: :func:`tag_text`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import reprlib
 from collections import deque
 from decimal import Decimal
 from typing import Any
+
+from ._names import MAX_TAG_TEXT
 
 #: Longest text kept for a non-numeric value (InfluxDB string fields allow 64 KiB).
 MAX_TEXT = 4096
@@ -73,6 +77,31 @@ def coerce(value: Any) -> bool | int | float | str | None:
         global _errors
         _errors += 1
         return _unconvertible(value, exc)
+
+
+def tag_text(value: Any) -> str | None:
+    """The text of a tag: ``str()`` of the value, cut to ``MAX_TAG_TEXT``
+    characters (a container cut before it is turned into text, as for
+    values); None (no tag) for ``None`` and for empty text. A ``__str__``
+    that raises gives ``<unconvertible TYPE: ERROR>``, counted."""
+    if value is None:
+        return None
+    if type(value) is str:
+        return value[:MAX_TAG_TEXT] or None
+    try:
+        if isinstance(value, str):
+            text = str.__getitem__(value, slice(0, MAX_TAG_TEXT))
+        elif isinstance(value, _CONTAINERS):
+            text = _container_text(value)
+        elif type(value) is int:
+            text = _int_text(value)
+        else:
+            text = str(value)
+    except Exception as exc:
+        global _errors
+        _errors += 1
+        text = _unconvertible(value, exc)
+    return text[:MAX_TAG_TEXT] or None
 
 
 def _convert(value: Any) -> bool | int | float | str:

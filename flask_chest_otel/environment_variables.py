@@ -68,3 +68,34 @@ FLASK_CHEST_SPOOL_DIR = "FLASK_CHEST_SPOOL_DIR"
 FLASK_CHEST_EXIT_TIMEOUT = "FLASK_CHEST_EXIT_TIMEOUT"
 """Seconds the interpreter's exit may wait for deliveries, all chests together
 (default 5)."""
+
+FLASK_CHEST_RESOURCE_TAGS = "FLASK_CHEST_RESOURCE_TAGS"
+"""``false`` (or ``0``, ``no``, ``off``): the OTel resource from the environment
+(below) is not put on the points as tags; default ``true``. The argument
+``resource_tags=`` of ``@flask_chest`` and ``FlaskChestExtension`` wins."""
+
+# The standard OpenTelemetry variables this package also reads (see
+# ``_environment``). Their constants here do not start with ``OTEL_``:
+# ``opentelemetry-instrument`` makes a command-line flag of every ``OTEL_``
+# name of this module, and the SDK registers these already (a second flag
+# of one name would stop it).
+SDK_DISABLED = "OTEL_SDK_DISABLED"
+"""``true``: decorators and the extension record nothing, chests start no thread."""
+
+SERVICE_NAME = "OTEL_SERVICE_NAME"
+"""Tag ``service.name`` on every decorated point (wins over a ``service.name``
+in ``OTEL_RESOURCE_ATTRIBUTES``)."""
+
+RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+"""``key1=value1,key2=value2`` (values URL-decoded): tags on every decorated point."""
+
+FLASK_EXCLUDED_URLS = "OTEL_PYTHON_FLASK_EXCLUDED_URLS"
+"""Comma-separated regular expressions; a request whose full URL one of them
+matches (``re.search``) is not recorded, as opentelemetry-instrumentation-flask
+does not trace it."""
+
+EXCLUDED_URLS = "OTEL_PYTHON_EXCLUDED_URLS"
+"""Read when ``OTEL_PYTHON_FLASK_EXCLUDED_URLS`` is not set, as the instrumentation does."""
+
+METRIC_EXPORT_INTERVAL = "OTEL_METRIC_EXPORT_INTERVAL"
+"""Milliseconds: the default ``export_interval`` of every chest (else 2 s)."""

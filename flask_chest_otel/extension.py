@@ -8,6 +8,7 @@ blueprints registered later) are covered too.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from flask import Flask, Response, current_app, g, request
 from werkzeug.utils import import_string
 
 from ._chest import Chest
-from .decorator import RECORDING_ATTRIBUTE, _Recording, check_chests
+from .decorator import RECORDING_ATTRIBUTE, _Recording, check_chests, status_of_error
 from .meter_provider import FlaskChestMeterProvider
 
 __all__ = ["EXTENSION_KEY", "FlaskChestExtension", "flask_chest_exempt"]
@@ -27,8 +28,8 @@ V = TypeVar("V")
 EXTENSION_KEY = "flask_chest_otel"
 #: The attribute ``flask_chest_exempt`` sets on a view.
 _EXEMPT_ATTRIBUTE = "_flask_chest_exempt"
-#: Where the recording of the current request waits between the hooks
-#: (private: ``tracked_vars=None`` skips names starting with ``_``).
+#: Where the start of a recorded request waits between the hooks (private:
+#: ``tracked_vars=None`` skips names starting with ``_``).
 _PENDING = "_flask_chest_otel_pending"
 
 AnyChest = Chest | FlaskChestMeterProvider
@@ -69,6 +70,16 @@ class FlaskChestExtension:
             or an import string (``"myapp.ids:make_id"``); default UUID4.
         raise_exceptions: ``FLASK_CHEST_RAISE_EXCEPTIONS`` (default False),
             as for ``@flask_chest``.
+        tag_vars: ``FLASK_CHEST_TAG_VARS``, names of ``g`` variables that
+            become tags of every point of the request (a list, or HTTP method
+            -> list), as for ``@flask_chest``.
+        record_duration: ``FLASK_CHEST_RECORD_DURATION`` (default False): also
+            record the float variable ``duration``, the request's seconds from
+            the extension's first ``before_request`` hook to its
+            ``after_request`` hook.
+        resource_tags: ``FLASK_CHEST_RESOURCE_TAGS``, put the OTel resource
+            of the environment on every point as tags (default: unless
+            ``$FLASK_CHEST_RESOURCE_TAGS`` is ``false``).
 
     A route decorated with ``@flask_chest`` records only through its
     decorator (its chests and settings), never twice; a view marked with
@@ -87,12 +98,18 @@ class FlaskChestExtension:
         excluded_routes: Iterable[str] = (),
         request_id_generator: Callable[[], Any] | str | None = None,
         raise_exceptions: bool = False,
+        tag_vars: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        record_duration: bool = False,
+        resource_tags: bool | None = None,
     ) -> None:
         self.chests = chests
         self.tracked_vars = tracked_vars
         self.excluded_routes = tuple(excluded_routes)
         self.request_id_generator = request_id_generator
         self.raise_exceptions = raise_exceptions
+        self.tag_vars = tag_vars
+        self.record_duration = record_duration
+        self.resource_tags = resource_tags
         self._apps: weakref.WeakKeyDictionary[Flask, _AppHooks] = weakref.WeakKeyDictionary()
         if app is not None:
             self.init_app(app)
@@ -120,13 +137,27 @@ class FlaskChestExtension:
         config.setdefault("FLASK_CHEST_EXCLUDED_ROUTES", self.excluded_routes)
         config.setdefault("FLASK_CHEST_REQUEST_ID_GENERATOR", self.request_id_generator)
         config.setdefault("FLASK_CHEST_RAISE_EXCEPTIONS", self.raise_exceptions)
-        hooks = _AppHooks(
-            check_chests(config["FLASK_CHEST_CHESTS"], "FlaskChestExtension: FLASK_CHEST_CHESTS"),
-            config["FLASK_CHEST_TRACKED_VARS"],
-            _check_excluded(config["FLASK_CHEST_EXCLUDED_ROUTES"]),
-            _load_generator(config["FLASK_CHEST_REQUEST_ID_GENERATOR"]),
-            bool(config["FLASK_CHEST_RAISE_EXCEPTIONS"]),
+        config.setdefault("FLASK_CHEST_TAG_VARS", self.tag_vars)
+        config.setdefault("FLASK_CHEST_RECORD_DURATION", self.record_duration)
+        config.setdefault("FLASK_CHEST_RESOURCE_TAGS", self.resource_tags)
+        chests = check_chests(
+            config["FLASK_CHEST_CHESTS"], "FlaskChestExtension: FLASK_CHEST_CHESTS"
         )
+        excluded = _check_excluded(config["FLASK_CHEST_EXCLUDED_ROUTES"])
+        generator = _load_generator(config["FLASK_CHEST_REQUEST_ID_GENERATOR"])
+        try:
+            recording = _Recording(
+                list(chests),
+                config["FLASK_CHEST_TRACKED_VARS"],
+                generator,
+                bool(config["FLASK_CHEST_RAISE_EXCEPTIONS"]),
+                tag_vars=config["FLASK_CHEST_TAG_VARS"],
+                record_duration=bool(config["FLASK_CHEST_RECORD_DURATION"]),
+                resource_tags=config["FLASK_CHEST_RESOURCE_TAGS"],
+            )
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"FlaskChestExtension: {_config_keys(str(exc))}") from exc
+        hooks = _AppHooks(chests, excluded, recording)
         # First among before_request hooks, so that g.custom_request_id is
         # there for the app's own hooks (logging, say); but after the hook
         # of opentelemetry-instrumentation-flask, which starts the request's
@@ -165,21 +196,11 @@ class _AppHooks:
     ``_Recording`` as ``@flask_chest`` would around the view."""
 
     def __init__(
-        self,
-        chests: tuple[AnyChest, ...],
-        tracked_vars: Mapping[str, Sequence[str]] | None,
-        excluded_routes: frozenset[str],
-        request_id_generator: Callable[[], Any] | None,
-        raise_exceptions: bool,
+        self, chests: tuple[AnyChest, ...], excluded_routes: frozenset[str], recording: _Recording
     ) -> None:
         self.chests = chests
         self.excluded_routes = excluded_routes
-        try:
-            self.recording = _Recording(
-                list(chests), tracked_vars, request_id_generator, raise_exceptions
-            )
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"FlaskChestExtension: FLASK_CHEST_TRACKED_VARS: {exc}") from exc
+        self.recording = recording
         # endpoint -> (view function, recorded?): views rarely change, but may.
         self._decisions: dict[str, tuple[Callable[..., Any], bool]] = {}
 
@@ -202,23 +223,41 @@ class _AppHooks:
     def before_request(self) -> None:
         if not self._records():
             return
-        self.recording.start()
-        setattr(g, _PENDING, self.recording)
+        started = self.recording.start()
+        if started is not None:
+            setattr(g, _PENDING, started)
 
     def after_request(self, response: Response) -> Response:
-        recording: _Recording | None = g.pop(_PENDING, None)
-        if recording is not None:
+        started: float | None = g.pop(_PENDING, None)
+        if started is not None:
             # An error response's status wins over a recording error, as a
             # view's exception wins under the decorator.
-            recording.finish(view_failed=response.status_code >= 400)
+            status = response.status_code
+            self.recording.finish(started, status, view_failed=status >= 400)
         return response
 
     def teardown_request(self, exc: BaseException | None) -> None:
         # Only when after_request did not run: an exception left the request
         # unanswered (propagated, as under testing or PROPAGATE_EXCEPTIONS).
-        recording: _Recording | None = g.pop(_PENDING, None)
-        if recording is not None:
-            recording.finish(view_failed=True)
+        started: float | None = g.pop(_PENDING, None)
+        if started is not None:
+            self.recording.finish(started, status_of_error(exc), view_failed=True)
+
+
+#: The config key of each argument a ``_Recording`` error message may name.
+_CONFIG_KEYS = {
+    "tracked_vars": "FLASK_CHEST_TRACKED_VARS",
+    "tag_vars": "FLASK_CHEST_TAG_VARS",
+    "record_duration": "FLASK_CHEST_RECORD_DURATION",
+    "request_id_generator": "FLASK_CHEST_REQUEST_ID_GENERATOR",
+}
+_ARGUMENT = re.compile(r"\b(" + "|".join(_CONFIG_KEYS) + r")\b")
+
+
+def _config_keys(message: str) -> str:
+    """A ``_Recording`` error message with the config keys in place of the
+    decorator's argument names."""
+    return _ARGUMENT.sub(lambda match: _CONFIG_KEYS[match.group(1)], message)
 
 
 def _unwrapped(view: Callable[..., Any]) -> Iterable[Any]:

@@ -20,12 +20,15 @@ class FlaskChestMeterProvider:
     None, resolved when the first variable is recorded).
 
     The provider's own readers then export the points. Each point carries the
-    attributes ``request_id``, ``http.request.method``, ``http.route`` and
-    ``flask_chest.time_unix_nano`` (the request's time; this library's
-    exporters use it as the point's timestamp, others show it as an
-    attribute). Give that provider's readers DELTA temporality: under
-    CUMULATIVE the SDK keeps every request ID's attribute set for good (and
-    SDK 1.45.1 keeps them under DELTA too; 1.45.2 frees them). Where the SDK
+    attributes ``request_id``, ``http.request.method``, ``http.route``,
+    ``http.response.status_code``, the request's tags (``tag_vars``, the OTel
+    resource from the environment) and ``flask_chest.time_unix_nano`` (the
+    request's time; this library's exporters use it as the point's
+    timestamp, others show it as an attribute). The trace link is the SDK's
+    exemplar, which this library's exporters do not write as fields. Give
+    that provider's readers DELTA temporality: under CUMULATIVE the SDK
+    keeps every request ID's attribute set for good (and SDK 1.45.1 keeps
+    them under DELTA too; 1.45.2 frees them). Where the SDK
     has a cardinality limit, raise it above the requests of one interval.
     For OTLP, ``FlaskChestOTel`` avoids all of this: the points skip the
     SDK's aggregation and keep their request's time as their timestamp.

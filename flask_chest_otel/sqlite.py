@@ -19,13 +19,22 @@ from opentelemetry.sdk.metrics.export import MetricsData
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Settlement, refused, retry, suspect
 from ._pacing import paced
-from ._records import Record, by_name, common_layout, record_point, trace_of
+from ._records import (
+    TAGS,
+    TIME_UNIX_NANO,
+    VALUE,
+    Record,
+    by_name,
+    common_layout,
+    record_point,
+    trace_of,
+)
 from .influxdb._rows import FieldValue, Row, decorated_row, keep, rows
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
 
 # (time, time_unix_nano, name, field, value, value_text, value_type, request_id,
-#  method, route, tags, trace_id, span_id)
+#  method, route, tags, trace_id, span_id, status_code)
 SQLiteRow = tuple[
     str,
     int,
@@ -40,6 +49,7 @@ SQLiteRow = tuple[
     str | None,
     str | None,
     str | None,
+    "int | str | None",
 ]
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -59,9 +69,10 @@ _COLUMNS = {
     "tags": "TEXT",
     "trace_id": "TEXT",
     "span_id": "TEXT",
+    "status_code": "INTEGER",
 }
 #: Declared types of columns added to an existing table (NULL in old rows).
-_ADDED_TYPES = {"time_unix_nano": "INTEGER", "value": ""}
+_ADDED_TYPES = {"time_unix_nano": "INTEGER", "value": "", "status_code": "INTEGER"}
 #: Columns a table may have besides ours: its key (ours ``id``, flask-chest's ``unique_id``).
 _KEYS = ("id", "unique_id")
 #: The columns flask-chest 0.0.x created: ``unique_id, request_id, name, value``.
@@ -135,12 +146,13 @@ def _row_tuples(row: Row) -> Iterator[SQLiteRow]:
     """The SQLite rows of one schema row: one per field."""
     time_text = iso_time(row.time_unix_nano)
     fields = row.fields
-    trace_id = span_id = None
+    trace_id = span_id = status_code = None
     if row.decorated:
         tags = dict(row.tags)
         request_id = _maybe(tags.pop("request_id", None))
         method = _maybe(tags.pop("method", None))
         route = _maybe(tags.pop("route", None))
+        status_code = _status_code(tags.pop("status_code", None))
         if "trace_id" in fields:
             fields = dict(fields)
             trace_id = str(fields.pop("trace_id"))
@@ -165,7 +177,26 @@ def _row_tuples(row: Row) -> Iterator[SQLiteRow]:
             tags_json,
             trace_id,
             span_id,
+            status_code,
         )
+
+
+def _status_code(text: str | None) -> int | str | None:
+    """The ``status_code`` column of a row's tag: the number, as the
+    decorator recorded it."""
+    if text is not None and text.isascii() and text.isdigit():
+        return int(text)
+    return _maybe(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _tags_json(tags: tuple[str, ...]) -> str | None:
+    """The ``tags`` column of a record's request tags (flat): JSON, as
+    ``_row_tuples`` writes the tags of a row."""
+    if not tags:
+        return None
+    pairs = dict(zip(tags[::2], tags[1::2], strict=True))
+    return _clean(json.dumps(pairs, ensure_ascii=False, sort_keys=True))
 
 
 def check_table(connection: sqlite3.Connection, table: str) -> list[str]:
@@ -198,8 +229,11 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
     int, 0/1 for a bool, REAL for a float, TEXT for a text), ``value_type``
     the Python type it had (``bool``, ``int``, ``float``, ``str``),
     ``value_text`` the text of a text value, ``request_id``, ``method``,
-    ``route``, the request's ``time`` and ``time_unix_nano``, and
-    ``trace_id``/``span_id`` (hex) when the request had a recording span. A
+    ``route``, ``status_code`` (the response's), the request's ``time`` and
+    ``time_unix_nano``, ``tags`` (JSON of the request's tags: ``tag_vars``,
+    ``service.name`` and the rest of the OTel resource from the environment;
+    NULL when none), and ``trace_id``/``span_id`` (hex) when the request had
+    a recording span. A
     NaN or infinite float is the row of field ``value_str`` holding
     ``"nan"``, ``"inf"`` or ``"-inf"``. Text that UTF-8 cannot encode (a lone
     surrogate) is stored with ``?`` in its place. Another OTel metric gives
@@ -290,16 +324,16 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
             clean_name = _clean(name)
             for record in group:
                 layout = common_layout(record)
-                value = record[2]
+                value = record[VALUE]
                 kind = _NUMBER_TYPES.get(type(value))
                 if layout is None or kind is None or (kind == "float" and not isfinite(value)):
                     row = decorated_row(name, record_point(record))
                     if keep(row):
                         yield from _row_tuples(row)
                     continue
-                request_id, method, route = layout
+                request_id, method, route, status_code, _index = layout
                 trace = trace_of(record)
-                time_unix_nano = record[4]
+                time_unix_nano = record[TIME_UNIX_NANO]
                 yield (
                     iso_time(time_unix_nano),
                     time_unix_nano,
@@ -311,8 +345,9 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
                     _clean(request_id),
                     _clean(method),
                     _clean(route),
-                    None,
+                    _tags_json(record[TAGS]),
                     *(trace or (None, None)),
+                    status_code,
                 )
 
     def _connect(self) -> sqlite3.Connection:

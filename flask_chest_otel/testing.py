@@ -48,12 +48,14 @@ from ._names import (
     ATTR_METHOD,
     ATTR_REQUEST_ID,
     ATTR_ROUTE,
+    ATTR_STATUS_CODE,
     ATTR_STRING_VALUE,
     ATTR_TIME,
     SCOPE_NAME,
 )
-from ._recorder import RECORDER, Record, Recorder, attributes_of
-from ._trace import point_trace
+from ._recorder import RECORDER, Record, Recorder
+from ._records import NAME, SPAN_IDS, TIME_UNIX_NANO, VALUE, point_attributes
+from ._trace import hex_ids, point_trace
 
 __all__ = [
     "CapturedMeasurement",
@@ -76,7 +78,10 @@ class CapturedMeasurement:
         method: the HTTP method.
         route: the URL rule (``/items/<int:item_id>``); None if none matched.
         time_unix_nano: the request's time (when the view returned).
-        attributes: any other attribute of the point.
+        attributes: any other attribute of the point: the request's tags
+            (``tag_vars``, the OTel resource from the environment), a
+            ``chest_meter()`` measurement's own attributes.
+        status_code: the response's status code (500 for a view that raised).
     """
 
     name: str
@@ -92,6 +97,7 @@ class CapturedMeasurement:
     #: recording during the request; else None.
     trace_id: str | None = field(default=None, repr=False, compare=False)
     span_id: str | None = field(default=None, repr=False, compare=False)
+    status_code: int | None = field(default=None, compare=False)
 
     @property
     def time(self) -> datetime:
@@ -114,6 +120,7 @@ class CapturedMeasurement:
         method = others.pop(ATTR_METHOD, None)
         route = others.pop(ATTR_ROUTE, None)
         index = others.pop(ATTR_INDEX, 0)
+        status_code = others.pop(ATTR_STATUS_CODE, None)
         time_unix_nano = int(others.pop(ATTR_TIME, time_unix_nano))
         return cls(
             name=name,
@@ -126,6 +133,7 @@ class CapturedMeasurement:
             index=int(index),
             trace_id=trace[0] if trace else None,
             span_id=trace[1] if trace else None,
+            status_code=status_code if isinstance(status_code, int) else None,
         )
 
 
@@ -224,13 +232,13 @@ def _tap(recorder: Recorder, records: list[Record]) -> None:
     forward = _shadowed[0] if _shadowed else functools.partial(Recorder.record_many, recorder)
     captured = [
         CapturedMeasurement.from_point(
-            name,
-            value,
-            attributes_of(attributes),
-            time_unix_nano,
-            (format(span_ids[0], "032x"), format(span_ids[1], "016x")) if span_ids else None,
+            record[NAME],
+            record[VALUE],
+            point_attributes(record),
+            record[TIME_UNIX_NANO],
+            hex_ids(*record[SPAN_IDS]) if record[SPAN_IDS] else None,
         )
-        for _sink, name, value, attributes, time_unix_nano, span_ids in records
+        for record in records
     ]
     with _captures_lock:
         for capture in _captures:

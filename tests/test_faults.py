@@ -412,7 +412,9 @@ def test_a_503_storm_on_the_http_endpoint_loses_nothing(
 ) -> None:
     """Forty 503s in a row, half with Retry-After: 0, then the endpoint
     recovers: every request arrives once (the 40 refused POSTs plus one per
-    request); one POST at a time, oldest first."""
+    request); one POST at a time, oldest first but for the few items a poison
+    probe sent alone (every fourth round probes the oldest ones: is one of
+    them refused while others pass?)."""
     for pipeline in (1, 16):
         sink.script(
             *[Reply(503, b"busy", {"Retry-After": "0"} if i % 2 else {}) for i in range(40)]
@@ -426,7 +428,10 @@ def test_a_503_storm_on_the_http_endpoint_loses_nothing(
         posted = [request_id for request_id in posted_ids(sink) if request_id in ids.made]
         assert len(posted) == 40 + 30 and set(posted) == set(ids.made)
         if pipeline == 1:
-            assert posted[40:] == ids.made
+            out_of_order = [
+                n for n, request_id in enumerate(posted[40:]) if request_id != ids.made[n]
+            ]
+            assert all(n < 8 for n in out_of_order), out_of_order
         assert chest.exporter.stats.dropped == 0
 
 

@@ -257,7 +257,7 @@ def test_while_requests_are_served_batched_posts_hold_at_most_500_requests(
     batches are small; idle, one POST takes every request."""
     records: list[Record] = [
         (0, "transaction", 1, flat_attributes({ATTR_REQUEST_ID: f"r{number}",
-         ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 0}), T0 + number, None)
+         ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 0}), T0 + number, None, ())
         for number in range(1_200)
     ]  # fmt: skip
     exporter = make_exporter(

@@ -240,6 +240,7 @@ def test_chest_from_the_sample_usage_exports_every_request_with_flask_instrument
                 "app": "e2e",
                 "method": method,
                 "route": "/",
+                "status_code": "200",
                 "request_id": labels["request_id"],
             }
             assert series["values"] == [pytest.approx(value, rel=1e-11)]  # VM keeps 12 digits

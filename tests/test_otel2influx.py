@@ -4,7 +4,7 @@ golden cases, then the rules read in its Go code (scope attributes, attribute
 text, exemplars, refused points), and InfluxDB 1.6 as the judge of the lines.
 
 Each vector builds the same data as the Go test, as OTel SDK ``MetricsData``,
-runs ``_schema.rows()`` then ``LineEncoder``, and compares the points with the
+runs ``influxdb._rows.rows()`` then ``LineEncoder``, and compares the points with the
 Go test's expected points (measurement, tags, fields with their types, time)
 and the lines with the expected line protocol, byte for byte. Go writes
 fields in its map order (random); the golden lines hold ours.

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask, g
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -22,6 +23,7 @@ from flask_chest_otel import FlaskChestMeterProvider, FlaskChestSQLite, flask_ch
 from flask_chest_otel._chest import Chest
 from flask_chest_otel._delivery import DELTA_TEMPORALITY
 from flask_chest_otel._recorder import RECORDER
+from flask_chest_otel._records import TAGS
 
 from .conftest import read_rows, sample_app, wait_for
 
@@ -242,7 +244,12 @@ def test_meter_provider_chest_records_into_an_existing_provider() -> None:
     assert point.value == 1
     attributes = dict(point.attributes or {})
     assert attributes.pop("flask_chest.time_unix_nano") > 0
-    assert attributes == {"request_id": "rid-1", "http.request.method": "POST", "http.route": "/"}
+    assert attributes == {
+        "request_id": "rid-1",
+        "http.request.method": "POST",
+        "http.route": "/",
+        "http.response.status_code": 200,
+    }
     provider.shutdown()
 
 
@@ -366,7 +373,10 @@ def test_the_collector_hands_a_burst_over_in_slices_that_never_split_a_request()
                 attributes = ("request_id", f"r{number}")
                 key = sink.key
                 RECORDER.record_many(
-                    [(key, "a", 1, attributes, 1, None), (key, "b", 2, attributes, 1, None)]
+                    [
+                        (key, "a", 1, attributes, 1, None, ()),
+                        (key, "b", 2, attributes, 1, None, ()),
+                    ]
                 )
         RECORDER.collect()
         assert len(exporter.exports) > 1
@@ -393,6 +403,30 @@ def test_queued_records_hold_nothing_the_garbage_collector_must_track(
             gc.collect()
             gc.collect()
             assert len(queued) == 100
+            assert not [record for record in queued if gc.is_tracked(record)]
+        assert chest.force_flush(10_000)
+    finally:
+        chest.shutdown(timeout_millis=2_000)
+
+
+def test_queued_records_with_tags_hold_nothing_the_garbage_collector_must_track(
+    sqlite_chest: FlaskChestSQLite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with a status code, a duration, tag_vars and the OTel
+    resource's tags: the request's tags are a flat tuple too."""
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop")
+    chest = FlaskChestSQLite(db_uri=sqlite_chest.db_uri, name="gc-tags", export_interval=3600)
+    try:
+        app = sample_app([chest], tag_vars=["start"], record_duration=True)
+        client = app.test_client()
+        with RECORDER._collect_lock:  # keep them queued
+            for _ in range(50):
+                client.post("/")
+            queued = list(RECORDER._pending)
+            gc.collect()
+            gc.collect()
+            assert len(queued) == 150
+            assert all(record[TAGS][:2] == ("service.name", "shop") for record in queued)
             assert not [record for record in queued if gc.is_tracked(record)]
         assert chest.force_flush(10_000)
     finally:

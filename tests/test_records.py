@@ -21,11 +21,14 @@ from flask_chest_otel._names import (
     ATTR_METHOD,
     ATTR_REQUEST_ID,
     ATTR_ROUTE,
+    ATTR_STATUS_CODE,
     ATTR_STRING_VALUE,
     ATTR_TIME,
+    RESERVED_TAG_NAMES,
 )
 from flask_chest_otel._recorder import RECORDER
 from flask_chest_otel._records import (
+    SPAN_IDS,
     Record,
     common_layout,
     flat_attributes,
@@ -42,13 +45,23 @@ _numbers = st.one_of(
     st.booleans(),
 )
 _span_ids = st.none() | st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 2**64 - 1))
+#: A request's tags as the decorator makes them: text keys no attribute of
+#: its own uses, text values.
+_tags = st.dictionaries(
+    (st.sampled_from(["tenant", "service.name", "a b,c=d", ""]) | _text).filter(
+        lambda key: key not in RESERVED_TAG_NAMES
+    ),
+    _text,
+    max_size=3,
+).map(flat_attributes)
 
 
 @st.composite
 def _records(draw: st.DrawFn) -> list[Record]:
     """Records as the decorator makes them: mostly the common layout, else
-    a text value, attributes of the view's own, no route, an empty or
-    non-text request ID, a provider's time attribute."""
+    a text value, attributes of the view's own, no route, no or a non-int
+    status code, an empty or non-text request ID, a provider's time
+    attribute; with or without the request's tags."""
     records: list[Record] = []
     for _ in range(draw(st.integers(1, 4))):  # requests
         request_id = draw(st.sampled_from(["r1", "r2", ""]) | _text | st.integers(0, 3))
@@ -56,11 +69,15 @@ def _records(draw: st.DrawFn) -> list[Record]:
         route = draw(st.sampled_from(["/", "/api"]) | _text | st.none())
         time_unix_nano = draw(st.sampled_from([10**18, 2 * 10**18]) | st.integers(0, 2**63))
         span_ids = draw(_span_ids)
+        status_code = draw(st.sampled_from([200, 201, 404, 500]) | st.none() | _text)
+        tags = draw(_tags)
         names = draw(st.lists(st.sampled_from(["transaction", "rt", "", "a b,c=d"]), max_size=3))
         for index, name in enumerate(names):
             attributes: dict[str, Any] = {ATTR_REQUEST_ID: request_id, ATTR_METHOD: method}
             if route is not None:
                 attributes[ATTR_ROUTE] = route
+            if status_code is not None:
+                attributes[ATTR_STATUS_CODE] = status_code
             if draw(st.booleans()):
                 attributes.update(draw(st.dictionaries(_text, _text | _numbers, max_size=2)))
             attributes[ATTR_INDEX] = index
@@ -69,7 +86,8 @@ def _records(draw: st.DrawFn) -> list[Record]:
                 attributes[ATTR_STRING_VALUE], value = draw(_text), 1
             if draw(st.integers(0, 9)) == 0:
                 attributes[ATTR_TIME] = draw(st.integers(0, 2**63))
-            records.append((0, name, value, flat_attributes(attributes), time_unix_nano, span_ids))
+            flat = flat_attributes(attributes)
+            records.append((0, name, value, flat, time_unix_nano, span_ids, tags))
     return records
 
 
@@ -144,34 +162,50 @@ def test_the_decorator_records_take_the_fast_path(monkeypatch: pytest.MonkeyPatc
     client.post("/items/3")
     layouts = [common_layout(record) for record in seen]
     assert [layout is not None for layout in layouts] == [True] * 4 + [False]
-    assert layouts[0] is not None and layouts[0][1:] == ("GET", "/items/<int:number>")
-    assert seen[0][5] is None and seen[2][5] is not None
+    assert layouts[0] is not None and layouts[0][1:4] == ("GET", "/items/<int:number>", 200)
+    assert seen[0][SPAN_IDS] is None and seen[2][SPAN_IDS] is not None
     chest.shutdown(timeout_millis=1000)
 
 
 def test_sqlite_rows_from_records_land_as_before(tmp_path: Path) -> None:
     """Rows made from records are written and read back like any other."""
     exporter = SQLiteMetricExporter(db_uri=str(tmp_path / "c.sqlite3"))
+    common = {ATTR_REQUEST_ID: "r", ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_STATUS_CODE: 201}
     records: list[Record] = [
-        (0, "transaction", 1, flat_attributes(
-            {ATTR_REQUEST_ID: "r", ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 0}
-        ), 10**18, (1, 2)),
-        (0, "ok", True, flat_attributes(
-            {ATTR_REQUEST_ID: "r", ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_INDEX: 1}
-        ), 10**18, None),
-    ]  # fmt: skip
+        (0, "transaction", 1, flat_attributes({**common, ATTR_INDEX: 0}), 10**18, (1, 2), ()),
+        (0, "ok", True, flat_attributes({**common, ATTR_INDEX: 1}), 10**18, None, ("t", "x")),
+    ]
     exporter.export_records(records)
     assert exporter.force_flush(10_000)
     import sqlite3
 
     connection = sqlite3.connect(tmp_path / "c.sqlite3")
     got = connection.execute(
-        "SELECT name, value, value_type, request_id, trace_id, span_id, time FROM flask_chest"
+        "SELECT name, value, value_type, request_id, trace_id, span_id, time, status_code, tags"
+        " FROM flask_chest"
     ).fetchall()
     connection.close()
     exporter.shutdown()
+    time = "2001-09-09T01:46:40.000000000Z"
     assert got == [
-        ("transaction", 1, "int", "r", f"{1:032x}", f"{2:016x}", "2001-09-09T01:46:40.000000000Z"),
-        ("ok", 1, "bool", "r", None, None, "2001-09-09T01:46:40.000000000Z"),
+        ("transaction", 1, "int", "r", f"{1:032x}", f"{2:016x}", time, 201, None),
+        ("ok", 1, "bool", "r", None, None, time, 201, '{"t": "x"}'),
     ]
     assert json.dumps(got)
+
+
+def test_the_collector_untracks_a_plain_tuple_never_a_named_tuple() -> None:
+    """Why ``Record`` is a plain tuple read through index constants: the same
+    fields in a ``NamedTuple`` stay tracked by the garbage collector."""
+    import gc
+    from typing import NamedTuple
+
+    class Named(NamedTuple):
+        key: int
+        attributes: tuple[str, ...]
+
+    attributes = tuple(["a", "b"])
+    plain, named = tuple([0, attributes]), Named(0, attributes)
+    assert gc.is_tracked(plain) and gc.is_tracked(named)  # when made
+    gc.collect()
+    assert (gc.is_tracked(plain), gc.is_tracked(named)) == (False, True)

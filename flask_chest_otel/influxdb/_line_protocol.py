@@ -52,8 +52,17 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from opentelemetry.sdk.metrics.export import NumberDataPoint
 
-from .._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE
-from .._records import Record, common_layout, record_point, trace_of
+from .._names import ATTR_INDEX, ATTR_METHOD, ATTR_REQUEST_ID, ATTR_ROUTE, ATTR_STATUS_CODE
+from .._records import (
+    TAGS,
+    TIME_UNIX_NANO,
+    VALUE,
+    FlatAttributes,
+    Record,
+    common_layout,
+    record_point,
+    trace_of,
+)
 from .._trace import point_trace
 from ._rows import DECORATED_TAGS, FieldValue, decorated_row
 
@@ -76,6 +85,9 @@ _RESERVED_KEYS = frozenset({"time", "_field", "_measurement"})
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _CACHE_LIMIT = 10_000
+
+#: A decorated record's series: (variable, method, route, status code, tags).
+SeriesKey = tuple[str, str, str, int, FlatAttributes]
 
 
 def _substitute(match: re.Match[str]) -> str:
@@ -185,6 +197,8 @@ class LineEncoder:
         self._field_keys: dict[str, str] = {}
         # (variable, method, route) -> (text before the request ID, text after it)
         self._series: dict[tuple[str, str, str], tuple[str, str] | None] = {}
+        # The same for records: (variable, method, route, status code, tags).
+        self._record_series: dict[SeriesKey, tuple[str, str] | None] = {}
 
     def _measurement(self, name: str) -> str:
         cached = self._measurements.get(name)
@@ -289,19 +303,20 @@ class LineEncoder:
         """``decorated`` of the recorder's records of one variable, without
         making their points where a record has the common layout
         (``_records.common_layout``) and a finite int or float value."""
-        series = self._series
+        series = self._record_series
         fast = bool(metric_name) and not self.request_id_field
         for record in records:
             layout = common_layout(record) if fast else None
-            value = record[2]
+            value = record[VALUE]
             kind = type(value)
             if layout is not None and (kind is float or kind is int):
-                request_id, method, route = layout
+                request_id, method, route, status_code, _index = layout
                 text = format_field(value)
-                cache_key = (metric_name, method, route)
-                around = series[cache_key] if cache_key in series else self._around(cache_key)
+                key = (metric_name, method, route, status_code, record[TAGS])
+                around = series[key] if key in series else self._record_around(key)
                 if text is not None and around is not None:
-                    yield _series_line(around, request_id, text, trace_of(record), record[4])
+                    time_unix_nano = record[TIME_UNIX_NANO]
+                    yield _series_line(around, request_id, text, trace_of(record), time_unix_nano)
                     continue
             yield from self.decorated(metric_name, [record_point(record)])
 
@@ -313,12 +328,29 @@ class LineEncoder:
         self._series[cache_key] = around
         return around
 
+    def _record_around(self, key: SeriesKey) -> tuple[str, str] | None:
+        """The cached series text of a record's (variable, method, route,
+        status code, tags), made if missing."""
+        metric_name, method, route, status_code, tags = key
+        extra = dict(zip(tags[::2], tags[1::2], strict=True))
+        extra[DECORATED_TAGS[ATTR_STATUS_CODE]] = str(status_code)
+        around = self._decorated_series(metric_name, method, route, extra)
+        if len(self._record_series) >= _CACHE_LIMIT:
+            self._record_series.clear()
+        self._record_series[key] = around
+        return around
+
     def _decorated_series(
-        self, metric_name: str, method: str, route: str
+        self,
+        metric_name: str,
+        method: str,
+        route: str,
+        extra_tags: Mapping[str, str] | None = None,
     ) -> tuple[str, str] | None:
         # Private-use characters: no escaping touches them.
         marker = "\ue000flask-chest-request-id\ue000"
         tags = {
+            **(extra_tags or {}),
             DECORATED_TAGS[ATTR_REQUEST_ID]: marker,
             DECORATED_TAGS[ATTR_METHOD]: method,
             DECORATED_TAGS[ATTR_ROUTE]: route,

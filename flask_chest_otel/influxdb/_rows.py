@@ -26,6 +26,7 @@ from .._names import (
     ATTR_METHOD,
     ATTR_REQUEST_ID,
     ATTR_ROUTE,
+    ATTR_STATUS_CODE,
     ATTR_STRING_VALUE,
     ATTR_TIME,
 )
@@ -40,7 +41,12 @@ from ._row import Schema as Schema
 from ._row import keep as keep
 
 #: How decorated-variable attributes become tags.
-DECORATED_TAGS = {ATTR_REQUEST_ID: "request_id", ATTR_METHOD: "method", ATTR_ROUTE: "route"}
+DECORATED_TAGS = {
+    ATTR_REQUEST_ID: "request_id",
+    ATTR_METHOD: "method",
+    ATTR_ROUTE: "route",
+    ATTR_STATUS_CODE: "status_code",
+}
 
 
 def decorated_row(metric_name: str, point: NumberDataPoint, request_id_field: bool = False) -> Row:
@@ -51,17 +57,24 @@ def decorated_row(metric_name: str, point: NumberDataPoint, request_id_field: bo
     which line protocol cannot carry, is the string field ``value_str``
     (``"nan"``, ``"inf"``, ``"-inf"``) so the request's point is kept and the
     ``value`` field keeps one type. The trace link, when the request had a
-    recording span, is the string fields ``trace_id`` and ``span_id``. With
-    ``request_id_field`` the request ID is a field, not a tag.
+    recording span, is the string fields ``trace_id`` and ``span_id``; not
+    for a point that came through an SDK MeterProvider (``FlaskChestMeterProvider``,
+    which sets ``flask_chest.time_unix_nano``): there the exemplar is the
+    SDK's sample, left to OTLP, and as fields it would add two series of
+    zeros per variable on backends that turn string fields into numbers
+    (VictoriaMetrics). With ``request_id_field`` the request ID is a field,
+    not a tag.
     """
     tags: dict[str, str] = {}
     string_value: str | None = None
     time_unix_nano = point.time_unix_nano
+    through_sdk = False
     for key, value in (point.attributes or {}).items():
         if key == ATTR_STRING_VALUE:
             string_value = value if type(value) is str else str(value)
         elif key == ATTR_TIME:
             time_unix_nano = int(value)  # type: ignore[arg-type]
+            through_sdk = True
         elif key == ATTR_INDEX:
             continue
         else:
@@ -79,7 +92,7 @@ def decorated_row(metric_name: str, point: NumberDataPoint, request_id_field: bo
             fields = {"value": number}
     if request_id_field and "request_id" in tags:
         fields["request_id"] = tags.pop("request_id")
-    trace = point_trace(point)
+    trace = None if through_sdk else point_trace(point)
     if trace is not None:
         fields["trace_id"], fields["span_id"] = trace
     return Row(metric_name, tags, fields, time_unix_nano, True)
