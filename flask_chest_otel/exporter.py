@@ -226,7 +226,9 @@ class FlaskChestExporterInfluxDB:
             self._settle(timeout)
         self.exporter.shutdown(timeout_millis=timeout * 1000)
 
-    shutdown = stop
+    def shutdown(self, timeout_millis: float = 30_000) -> None:
+        """``stop``, in the chests' terms (milliseconds)."""
+        self.stop(timeout_millis / 1000)
 
     # -- one round --------------------------------------------------------------
 
