@@ -1,5 +1,6 @@
-# The two Quickstart commands: `make demo` and `make test`. Each creates its
-# own virtualenv (.venv) and installs what it needs.
+# The two Quickstart commands: `make demo` and `make test`. Each creates the
+# virtualenv (.venv) and installs what it needs: the demo the package alone,
+# the tests the test and bench extras too.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,7 +26,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
-demo: $(VENV)/.installed
+# The demo needs the package's own dependencies only (no test or bench extra).
+$(VENV)/.demo-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+demo: $(VENV)/.demo-installed
 	$(VENV)/bin/flask-chest-otel demo
 
 test: $(VENV)/.installed

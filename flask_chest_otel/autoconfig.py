@@ -4,8 +4,9 @@ or ``OTEL_METRICS_EXPORTER=influxdb`` with the SDK configurator).
 
 The SDK builds an entry point's class with no arguments, so these read their
 settings from the variables of ``flask_chest_otel.environment_variables``
-(the ``OTEL_EXPORTER_INFLUXDB_*`` names, falling back to influxdb-client's
-``INFLUXDB_V2_*``). A missing or malformed setting raises a ValueError naming
+(the ``OTEL_EXPORTER_INFLUXDB_*`` names, falling back to the ``INFLUXDB_V2_*``
+names influxdb-client reads, and to ``INFLUXDB_V2_BUCKET``, which it does
+not: that one is this library's). A missing or malformed setting raises a ValueError naming
 the variable and its ``opentelemetry-instrument`` flag. Note that the
 OpenTelemetry distro catches that error: it logs it ("Configuration of
 configurator failed", with our message) and the application goes on serving
@@ -19,6 +20,8 @@ import os
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from opentelemetry.util.re import parse_env_headers
 
 from . import environment_variables as names
 from .http_payload import HTTPPayloadMetricExporter, json_payload
@@ -37,25 +40,31 @@ def flag(variable: str) -> str:
     return "--" + variable.removeprefix("OTEL_").lower()
 
 
-def _missing(variable: str, fallback: str, what: str) -> ValueError:
+def _missing(variable: str, fallback: str, what: str, whose: str) -> ValueError:
     return ValueError(
         f"{what} is not set: set ${variable} (opentelemetry-instrument flag {flag(variable)}), "
-        f"or influxdb-client's ${fallback}"
+        f"or {whose} ${fallback}"
     )
 
 
 def parse_pairs(text: str, variable: str) -> dict[str, str]:
-    """``key1=value1,key2=value2`` (values URL-decoded), as OTLP reads its headers."""
+    """``key1=value1,key2=value2``, read by OpenTelemetry's own parser of
+    OTLP's header variables (``opentelemetry.util.re.parse_env_headers``,
+    liberal: values URL-decoded, or taken as written when they are not
+    encoded). Two differences: a key keeps its case (they are tag names too),
+    and an item the parser drops (OTLP logs it and goes on) is a ValueError
+    naming the variable."""
     pairs: dict[str, str] = {}
     for item in text.split(","):
         if not item.strip():
             continue
-        key, separator, value = item.partition("=")
-        if not separator or not key.strip():
+        parsed = parse_env_headers(item, liberal=True)
+        if not parsed:
             raise ValueError(
                 f"${variable}: expected key=value pairs separated by commas, got {item!r}"
             )
-        pairs[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+        [value] = parsed.values()
+        pairs[urllib.parse.unquote(item.partition("=")[0]).strip()] = value
     return pairs
 
 
@@ -81,7 +90,7 @@ def _boolean(text: str, variable: str) -> bool:
 def influxdb_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments of ``InfluxDBMetricExporter`` from the environment.
     Settings an OTEL_ variable does not give are left to the exporter, which
-    reads influxdb-client's ``INFLUXDB_V2_*``."""
+    reads the ``INFLUXDB_V2_*`` variables."""
     env = os.environ if environ is None else environ
     settings: dict[str, Any] = {
         "url": env.get(names.OTEL_EXPORTER_INFLUXDB_ENDPOINT) or None,
@@ -108,11 +117,17 @@ def influxdb_settings(environ: Mapping[str, str] | None = None) -> dict[str, Any
         settings["enable_gzip"] = compression.strip().lower() == "gzip"
     if not settings["url"] and not env.get(names.INFLUXDB_V2_URL):
         raise _missing(
-            names.OTEL_EXPORTER_INFLUXDB_ENDPOINT, names.INFLUXDB_V2_URL, "the InfluxDB URL"
+            names.OTEL_EXPORTER_INFLUXDB_ENDPOINT,
+            names.INFLUXDB_V2_URL,
+            "the InfluxDB URL",
+            "influxdb-client's",
         )
     if not settings["bucket"] and not env.get(names.INFLUXDB_V2_BUCKET):
         raise _missing(
-            names.OTEL_EXPORTER_INFLUXDB_BUCKET, names.INFLUXDB_V2_BUCKET, "the InfluxDB bucket"
+            names.OTEL_EXPORTER_INFLUXDB_BUCKET,
+            names.INFLUXDB_V2_BUCKET,
+            "the InfluxDB bucket",
+            "this library's",
         )
     return settings
 

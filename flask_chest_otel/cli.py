@@ -1,10 +1,13 @@
 """The flask-chest-otel command. Its demo runs flask-chest's sample app
 in-process, sends it requests, prints the SLIs read back from the embedded
-SQLite chest, and reports what reached every other target it was given."""
+SQLite chest, reports what reached every other target it was given, and ends
+with the report of its run. ``report`` prints the SLIs of any SQLite chest's
+file (``flask_chest_otel.report``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sqlite3
@@ -19,6 +22,7 @@ from flask import Flask, g, request
 from ._chest import Chest
 from ._http import safe_url
 from .decorator import flask_chest
+from .report import format_table, parse_duration, slis
 from .sqlite import FlaskChestSQLite
 
 ROUTES = ("/", "/api-endpoint")
@@ -70,14 +74,18 @@ def _extra_chests(args: argparse.Namespace) -> list[Chest]:
     if args.influxdb_url:
         from .influxdb import FlaskChestInfluxDB
 
+        where: dict[str, Any] = (
+            {"database": args.influxdb_database}
+            if args.influxdb_database
+            else {"org": args.influxdb_org, "bucket": args.influxdb_bucket}
+        )
         chests.append(
             FlaskChestInfluxDB(
                 name="InfluxDB",
                 url=args.influxdb_url,
                 token=args.influxdb_token,
-                org=args.influxdb_org,
-                bucket=args.influxdb_bucket,
                 custom_tags={"app": "flask-chest-otel-demo"},
+                **where,
             )
         )
     if args.http_url:
@@ -124,6 +132,10 @@ def demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     status = _report(args.db, start_ns, sent, flushed[sqlite_chest.name], out)
     for chest in chests[1:]:
         status |= _report_target(chest, flushed[chest.name], sent, out)
+    out.write(f"  The report of this run (flask-chest-otel report --db {args.db}):\n\n")
+    for line in format_table(slis(args.db, since_ns=start_ns)).splitlines():
+        out.write(f"  {line}\n" if line else "\n")
+    out.write("\n")
     return status
 
 
@@ -132,6 +144,9 @@ def _target(chest: Chest) -> str:
     exporter: Any = chest.exporter
     url = safe_url(exporter.url)
     bucket = getattr(exporter, "bucket", None)
+    database = getattr(exporter, "database", None)
+    if database:
+        return f"{url} (database {database})"
     return f"{url} (bucket {bucket})" if bucket else url
 
 
@@ -240,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="seed of the request mix (default: random)")
     run.add_argument("--progress", action="store_true", help="show progress even when piped")
     env = os.environ.get
-    influxdb = run.add_argument_group("InfluxDB 2.x target (optional)")
+    influxdb = run.add_argument_group("InfluxDB target (optional)")
     influxdb.add_argument("--influxdb-url", default=env("INFLUXDB_V2_URL"),
                           help="also write to InfluxDB at this URL (env INFLUXDB_V2_URL)")
     influxdb.add_argument("--influxdb-token", default=env("INFLUXDB_V2_TOKEN"),
@@ -249,14 +264,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="organisation (env INFLUXDB_V2_ORG, else my-org)")
     influxdb.add_argument("--influxdb-bucket", default=env("INFLUXDB_V2_BUCKET", "my-bucket"),
                           help="bucket (env INFLUXDB_V2_BUCKET, else my-bucket)")
+    influxdb.add_argument("--influxdb-database", default=None,
+                          help="an InfluxDB 1.x database to write to (/write?db=) instead of "
+                          "the 2.x org and bucket; --influxdb-token is then optional")
     http = run.add_argument_group("HTTP target (optional)")
     http.add_argument("--http-url", default=env("FLASK_CHEST_DEMO_HTTP_URL"),
                       help="also POST each request's payload to this URL; shown without its "
                       "query or credentials (env FLASK_CHEST_DEMO_HTTP_URL)")
+    report = commands.add_parser(
+        "report",
+        help="print the SLIs of a SQLite chest's file",
+        description="Prints, per route and method, the requests, the errors (status 500 or "
+        "more; ? when the table has no status_code column) and, for each numeric variable, "
+        "count, mean and the nearest-rank 50th, 95th and 99th percentiles.",
+    )
+    report.add_argument("--db", required=True, help="the SQLite file (opened read-only)")
+    report.add_argument("--since", default=None,
+                        help="only requests of the last DURATION: 90s, 15m, 2h, 7d "
+                        "(default: all)")
+    report.add_argument("--route", default=None,
+                        help="only this route, as the URL rule (/items/<int:item_id>)")
+    report.add_argument("--table", default="flask_chest",
+                        help="the chest's table (default: flask_chest)")
+    report.add_argument("--format", choices=("table", "json"), default="table",
+                        help="table (default) or json: a list of {route, method, requests, "
+                        "errors, variables: {name: {count, mean, p50, p95, p99}}}")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return _print_report(args, parser)
     if args.requests < 1:
         parser.error("--requests must be at least 1")
     return demo(args)
+
+
+def _print_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    since_ns = None
+    if args.since is not None:
+        try:
+            since_ns = time.time_ns() - int(parse_duration(args.since) * 1e9)
+        except ValueError as exc:
+            parser.error(f"--since: {exc}")
+    try:
+        result = slis(args.db, since_ns=since_ns, route=args.route, table=args.table)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"flask-chest-otel report: {exc}\n")
+        return 2
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(format_table(result))
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

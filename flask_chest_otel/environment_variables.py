@@ -51,8 +51,10 @@ OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE = "OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE"
 """Per request, how many POSTs are pipelined on the connection where the
 endpoint answers pipelined requests (1 to 64; default 16; 1: one at a time)."""
 
-# influxdb-client's own names (``InfluxDBClient.from_env_properties``), read
-# when neither an argument nor an OTEL_ variable gives the setting.
+# Read when neither an argument nor an OTEL_ variable gives the setting:
+# influxdb-client's own names (``InfluxDBClient.from_env_properties``), and
+# INFLUXDB_V2_BUCKET, named after them but this library's (influxdb-client
+# reads no bucket from the environment).
 INFLUXDB_V2_URL = "INFLUXDB_V2_URL"
 INFLUXDB_V2_TOKEN = "INFLUXDB_V2_TOKEN"
 INFLUXDB_V2_ORG = "INFLUXDB_V2_ORG"

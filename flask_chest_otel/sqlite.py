@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from math import isfinite
@@ -77,6 +78,8 @@ _ADDED_TYPES = {"time_unix_nano": "INTEGER", "value": "", "status_code": "INTEGE
 _KEYS = ("id", "unique_id")
 #: The columns flask-chest 0.0.x created: ``unique_id, request_id, name, value``.
 _FLASK_CHEST_COLUMNS = frozenset({"unique_id", "request_id", "name", "value"})
+#: Seconds between prunes when nothing is written (``max_age``, ``max_rows``).
+PRUNE_INTERVAL = 60.0
 
 
 def _create(table: str) -> str:
@@ -253,6 +256,11 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
         db_uri: a file path, ``":memory:"`` (private to the exporter's thread),
             or a ``file:`` URI.
         table: the table, created if missing.
+        max_age: seconds a row is kept (by the request's time); None: forever.
+        max_rows: rows the table keeps at most (the newest); None: no bound.
+            Both are applied in the transaction of every write and, between
+            writes, when the sender thread wakes a minute or more after the
+            last prune (see ``_prune``).
 
     Raises:
         ValueError: a bad table name, a file that is not a SQLite database,
@@ -267,8 +275,11 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
         name: str = "SQLite",
         logger: logging.Logger | None = None,
         busy_timeout: float = 5.0,
+        max_age: float | None = None,
+        max_rows: int | None = None,
         **options: Any,
     ) -> None:
+        self._retention(name, max_age, max_rows)
         if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
             raise ValueError(
                 f"{name}: table must be a SQL identifier (letters, digits, _), got {table!r}"
@@ -393,6 +404,7 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
             connection = self._connect()
             with connection:
                 connection.executemany(self._insert, paced(batch))
+                self._prune(connection)
         except TableShapeError as exc:
             self._reset()
             return refused(f"{self.db_uri}: {exc}")
@@ -408,6 +420,64 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
             self._reset()
             return refused(f"{self.db_uri}: {exc}")
         return DELIVERED
+
+    # -- retention ----------------------------------------------------------------
+
+    def _retention(self, name: str, max_age: float | None, max_rows: int | None) -> None:
+        if max_age is not None and not (isinstance(max_age, (int, float)) and max_age > 0):
+            raise ValueError(f"{name}: max_age must be > 0 seconds or None, got {max_age!r}")
+        if max_rows is not None and (
+            isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1
+        ):
+            raise ValueError(f"{name}: max_rows must be an int >= 1 or None, got {max_rows!r}")
+        self.max_age = max_age
+        self.max_rows = max_rows
+        self._next_prune = 0.0
+
+    def _prune(self, connection: sqlite3.Connection) -> None:
+        """Deletes the rows past ``max_age`` and beyond ``max_rows``, oldest
+        (lowest rowid) first, in the caller's transaction.
+
+        Both walk the table in rowid order, never the whole table: ``max_age``
+        deletes the rows before the first one younger than it (a row that
+        arrived after a younger one, from another process, waits for the next
+        prune; a row without a time, as flask-chest wrote them, counts as
+        old); ``max_rows`` keeps the rows whose rowid is within ``max_rows``
+        of the highest (rowids grow by one per row, so that is the newest
+        ``max_rows`` rows, fewer where rows were deleted in between)."""
+        if self.max_age is None and self.max_rows is None:
+            return
+        table = self.table
+        if self.max_age is not None:
+            oldest_kept = time.time_ns() - int(self.max_age * 1e9)
+            connection.execute(
+                f'DELETE FROM "{table}" WHERE rowid < coalesce('
+                f'(SELECT rowid FROM "{table}" WHERE time_unix_nano >= ? ORDER BY rowid LIMIT 1), '
+                f'(SELECT max(rowid) FROM "{table}") + 1)',
+                (oldest_kept,),
+            )
+        if self.max_rows is not None:
+            connection.execute(
+                f'DELETE FROM "{table}" WHERE rowid <= (SELECT max(rowid) FROM "{table}") - ?',
+                (self.max_rows,),
+            )
+        self._next_prune = time.monotonic() + PRUNE_INTERVAL
+
+    def _housekeeping(self) -> None:
+        # Between writes, retention still applies: the sender wakes every
+        # flush interval; a prune is due a minute after the last.
+        if (self.max_age is None and self.max_rows is None) or time.monotonic() < self._next_prune:
+            return
+        try:
+            connection = self._connect()
+            with connection:
+                self._prune(connection)
+        except sqlite3.Error as exc:
+            self._reset()
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL
+            self._log.log(
+                logging.WARNING, "prune", "%s: %s: could not prune: %s", self.name, self.db_uri, exc
+            )
 
     def _reset(self) -> None:
         if self._connection is not None and self.db_uri != ":memory:":
@@ -431,7 +501,10 @@ class FlaskChestSQLite(Chest):
         name: shown in log lines.
         logger: where delivery problems are logged.
         export_interval: seconds between writes.
-        **options: passed to ``SQLiteMetricExporter`` (buffer bounds, spool...).
+        **options: passed to ``SQLiteMetricExporter``: ``max_age`` (seconds)
+            and ``max_rows``, the retention, applied at every write and at
+            least every minute (while ``export_interval`` is at most a
+            minute); buffer bounds, spool...
 
     flask-chest's call ``FlaskChestSQLite(app, name="flask_chest",
     db_uri="db.sqlite3")`` is accepted as it was: given a Flask app first,

@@ -223,3 +223,32 @@ def test_a_misconfigured_opentelemetry_instrument_run_says_what_to_set_and_serve
     assert "Configuration of configurator failed" in completed.stderr
     assert "$OTEL_EXPORTER_INFLUXDB_ENDPOINT" in completed.stderr
     assert "flag --exporter_influxdb_endpoint" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "pairs"),
+    [
+        ("X-Scope=team%20a, X-Env=prod", {"X-Scope": "team a", "X-Env": "prod"}),
+        ("App=my shop,region=eu-1", {"App": "my shop", "region": "eu-1"}),
+        ("token=a=b", {"token": "a=b"}),
+        (" , a=1,", {"a": "1"}),
+    ],
+)
+def test_pairs_are_read_as_opentelemetry_reads_otlp_headers_keys_keeping_their_case(
+    text: str, pairs: dict[str, str]
+) -> None:
+    from opentelemetry.util.re import parse_env_headers
+
+    from flask_chest_otel.autoconfig import parse_pairs
+
+    assert parse_pairs(text, "V") == pairs
+    assert {key.lower(): value for key, value in pairs.items()} == parse_env_headers(
+        text, liberal=True
+    )
+
+
+def test_the_bucket_variable_is_not_called_influxdb_clients() -> None:
+    with pytest.raises(ValueError) as raised:
+        influxdb_settings({"INFLUXDB_V2_URL": "http://db:8086"})
+    assert "this library's $INFLUXDB_V2_BUCKET" in str(raised.value)
+    assert "influxdb-client" not in str(raised.value)

@@ -13,7 +13,7 @@ from flask_chest_otel.cli import main
 
 from .conftest import read_rows
 from .http_sink import HTTPSink, Reply
-from .servers import victoria_metrics
+from .servers import influxdb1, victoria_metrics
 
 
 def test_demo_prints_slis_that_match_the_requests_it_sent(
@@ -115,3 +115,23 @@ def test_demo_help_is_plain_text_with_defaults(capsys: pytest.CaptureFixture[str
     ):
         assert f"{option} {option[2:].upper().replace('-', '_')} " in text, option
         assert f"(env {variable}" in text, option
+
+
+def test_demo_writes_to_an_influxdb_1x_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`demo --influxdb-database` targets a real InfluxDB 1.6 (/write?db=, no
+    org or bucket, no token): every point stored, and the target named so."""
+    with influxdb1(tmp_path / "influxd") as server:
+        server.create_database("demo")
+        status = main([
+            "demo", "-n", "30", "--seed", "4", "--db", str(tmp_path / "demo.sqlite3"),
+            "--influxdb-url", server.url, "--influxdb-database", "demo",
+        ])  # fmt: skip
+        output = capsys.readouterr().out
+        assert status == 0, output
+        assert f"InfluxDB at {server.url} (database demo)" in output
+        assert "OK: every request reached InfluxDB" in output
+        stored = server.series("demo")
+        transactions = [series for series in stored if series["name"] == "transaction"]
+        assert sum(len(series["values"]) for series in transactions) == 30

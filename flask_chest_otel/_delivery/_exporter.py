@@ -198,6 +198,10 @@ class BufferedExporter(MetricExporter, Generic[Item]):
     def _close(self) -> None:
         """Releases the exporter's resources; called once, on the sender thread."""
 
+    def _housekeeping(self) -> None:
+        """Work of the exporter's own between sends (SQLite's retention): on
+        the sender thread, after each time it emptied the buffer or waits."""
+
     def _spool_dumps(self, item: Item) -> bytes:
         """An item as stored in the spool file (pickle by default)."""
         return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
@@ -415,6 +419,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 # Half full: send at full speed, as losing nothing comes first.
                 background(paced=self.stats.buffered < self.max_buffer_items // 2)
                 self._drain.run()
+                self._housekeeping()
                 self._notify_idle()
             self._drain.run(deadline=self._stop_deadline)
         except Exception:  # a bug here must not go unnoticed, nor stop flushing forever

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._chest import DEFAULT_EXPORT_INTERVAL, Chest
+from .._legacy import influxdb_from_0010, is_0010_call
 from ._exporter import InfluxDBMetricExporter
 
 __all__ = ["FlaskChestInfluxDB"]
@@ -22,13 +23,18 @@ class FlaskChestInfluxDB(Chest):
     ``value`` in the value's own type. Keyword options of
     ``InfluxDBMetricExporter`` (``timeout``, ``enable_gzip``, ``database``,
     ``request_id_field``, spool options...) are passed through.
+
+    flask-chest 0.0.10's call ``FlaskChestInfluxDB(app, https=False,
+    host="localhost", port=8086, token="", org="my-org", bucket="my-bucket",
+    custom_tags={}, logger=None)`` is accepted too (``app`` first or as
+    ``app=``; see ``_legacy``).
     """
 
     exporter: InfluxDBMetricExporter
 
     def __init__(
         self,
-        name: str,
+        name: str = "InfluxDB",
         url: str | None = None,
         token: str | None = None,
         org: str | None = None,
@@ -38,6 +44,10 @@ class FlaskChestInfluxDB(Chest):
         export_interval: float = DEFAULT_EXPORT_INTERVAL,
         **exporter_options: Any,
     ) -> None:
+        if is_0010_call(name, exporter_options):  # flask-chest 0.0.10: (app, https=, host=...)
+            name, url, token, org, bucket, custom_tags, exporter_options = influxdb_from_0010(
+                name, url, token, org, bucket, custom_tags, exporter_options
+            )
         exporter = InfluxDBMetricExporter(
             url=url,
             token=token,
