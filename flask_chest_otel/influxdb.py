@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
@@ -41,6 +41,7 @@ from ._line_protocol import (
     unescape,
 )
 from ._records import Record, by_name
+from ._redact import Secrets, shown_url
 from ._schema import SCHEMAS, Schema, other_rows, scopes
 
 __all__ = ["FlaskChestInfluxDB", "InfluxDBMetricExporter"]
@@ -81,7 +82,9 @@ class _ModuleLogging:
         self._logger = logger
 
     def debug(self, message: object, *args: object, **kwargs: Any) -> None:
-        self._logger.debug(message, *args, **kwargs)
+        # Its one call quotes the error body, which may echo a token: the
+        # exporter logs that body itself, redacted (``_server_message``).
+        self._logger.debug("an error body is not JSON (shown redacted by the exporter)")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(logging, name)
@@ -102,7 +105,7 @@ def _env(value: str | None, variable: str) -> str | None:
 def _check_url(url: str) -> str:
     check_url(url, "InfluxDB")
     if urllib.parse.urlsplit(url).query or urllib.parse.urlsplit(url).fragment:
-        raise ValueError(f"InfluxDB url {url!r} must not carry a query or fragment")
+        raise ValueError(f"InfluxDB url {shown_url(url)!r} must not carry a query or fragment")
     return url.rstrip("/")
 
 
@@ -111,18 +114,19 @@ def _shown(url: str) -> str:
     return safe_url(url, keep_query=True)
 
 
-def _server_message(body: Any) -> str:
+def _server_message(body: Any, redact: Callable[[str], str]) -> str:
     """The message of an InfluxDB error body: 2.x ``{"code","message"}``,
-    1.x ``{"error"}``, else the text."""
+    1.x ``{"error"}``, else the text; ``redact``-ed before it is cut (and
+    again once decoded from JSON), so that no part of a secret is left."""
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
-    text = str(body or "").strip()
+    text = redact(str(body or "").strip())
     try:
         decoded = json.loads(text)
     except ValueError:
         decoded = None
     if isinstance(decoded, dict):
-        text = str(decoded.get("message") or decoded.get("error") or text)
+        text = redact(str(decoded.get("message") or decoded.get("error") or text))
     if len(text) > _MAX_MESSAGE:
         text = text[:_MAX_MESSAGE] + "..."
     return text
@@ -223,6 +227,9 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         self._token = _env(token, ENV_TOKEN)
         self._username = username
         self._password = password
+        self._secrets = Secrets.of(
+            url=self.url, token=self._token, username=username, password=password, headers=headers
+        )
         self._client_options: dict[str, Any] = {
             "verify_ssl": verify_ssl,
             "ssl_ca_cert": _env(ssl_ca_cert, ENV_SSL_CA_CERT),
@@ -358,7 +365,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         except ApiException as error:
             return self._outcome(error, len(lines))
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {_describe(error)}")
+            reason = _describe(error, self._secrets.redact)
+            return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {reason}")
         except ValueError:
             # http.client refuses a header value holding a newline or another
             # control character, and its message quotes the value: the token.
@@ -442,9 +450,9 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
     def _outcome(self, error: ApiException, batch_size: int) -> Outcome:
         status = int(error.status or 0)
         if status == 0:  # influxdb-client's wrapping of urllib3's SSLError: no HTTP answer
-            reason = " ".join(str(error.reason or "").split())[:_MAX_MESSAGE]
+            reason = " ".join(self._secrets.redact(str(error.reason or "")).split())[:_MAX_MESSAGE]
             return Outcome(Status.RETRY, f"cannot reach {_shown(self.url)}: {reason}")
-        message = _server_message(error.body)
+        message = _server_message(error.body, self._secrets.redact)
         headers: Mapping[str, str] = error.headers or {}
         said = f" (HTTP {status}: {message})" if message else f" (HTTP {status})"
         if status == 413:
@@ -453,7 +461,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             retry_after = parse_retry_after(headers.get("Retry-After"))
             return Outcome(Status.RETRY, f"{self.destination} is unavailable{said}", retry_after)
         if 300 <= status < 400:
-            location = headers.get("Location", "?")
+            location = self._secrets.redact(headers.get("Location", "?"))
             return Outcome(
                 Status.REJECTED,
                 f"{_shown(self.url)} redirected the write to {location!r} (HTTP {status}); "
@@ -514,11 +522,11 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, redact: Callable[[str], str]) -> str:
     reason = getattr(error, "reason", None)
     if isinstance(reason, BaseException):
         error = reason
-    text = str(error)
+    text = redact(str(error))
     return f"{type(error).__name__}: {text[:_MAX_MESSAGE]}" if text else type(error).__name__
 
 
