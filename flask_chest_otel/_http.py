@@ -5,46 +5,52 @@ from __future__ import annotations
 
 import email.utils
 import math
-import re
 import time
 from datetime import timezone
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from ._redact import shown_url
 
 
 def check_url(url: object, what: str) -> str:
     """``url`` if it is an http(s) URL with a host and a valid port; else a
-    ValueError naming ``what`` (the chest) and the URL."""
+    ValueError naming ``what`` (the chest) and the URL, shown without its
+    user info or query values (:func:`~flask_chest_otel._redact.shown_url`)."""
     if not isinstance(url, str) or not url:
-        raise ValueError(f"{what}: url must be an http(s) URL string, got {url!r}")
+        # Not its repr: bytes or an object may hold user info as well.
+        got = "an empty string" if isinstance(url, str) else f"a {type(url).__name__}"
+        raise ValueError(f"{what}: url must be an http(s) URL string, got {got}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        shown = redact_url(url)
-        raise ValueError(f"{what}: malformed url {shown!r}: {redact_url(str(exc))}") from None
+        raise ValueError(f"{what}: malformed url {shown_url(url)!r}: {_url_problem(exc)}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"{what}: url must be an http:// or https:// URL with a host, got {redact_url(url)!r}"
+            f"{what}: url must be an http:// or https:// URL with a host, got {shown_url(url)!r}"
         )
     return url
 
 
-def redact_url(text: str) -> str:
-    """``text`` with any URL's user info and query replaced by ``***``, even
-    when the URL is too malformed to parse."""
-    text = re.sub(r"(//)[^/?#@\s]*@", r"\1***@", text)
-    return re.sub(r"\?[^\s#'\"]*", "?***", text)
+def _url_problem(exc: ValueError) -> str:
+    """What :func:`urllib.parse.urlsplit` found wrong, in words of our own:
+    its messages quote parts of the netloc (a port made of a password's
+    first characters, say)."""
+    text = str(exc)
+    if "Port" in text:
+        return "the port is not a number from 0 to 65535"
+    if "IPv6" in text or "IPv4" in text:
+        return "the host is not a valid IP address in brackets"
+    if "NFKC" in text:
+        return "the host holds characters that change under NFKC normalization"
+    return "it cannot be parsed"
 
 
 def safe_url(url: str, keep_query: bool = False) -> str:
     """The URL without user info (and without its query unless
-    ``keep_query``), fit for a log line."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query if keep_query else "", ""))
+    ``keep_query``; query values are never shown), fit for a log line."""
+    shown = shown_url(url)
+    return shown if keep_query else shown.partition("?")[0]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

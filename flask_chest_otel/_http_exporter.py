@@ -33,6 +33,7 @@ from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
 from ._pacing import paced
 from ._records import VERSION, Record, attributes_of
+from ._redact import Secrets
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
 #: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
@@ -177,8 +178,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             timeout=timeout,
             session=session,
             what=name,
+            secrets=Secrets.of(url=self.url, headers=user_headers, params=params),
             unsendable_header=unsendable,
         )
+        # With what requests adds on its own (``~/.netrc``, a session's auth).
+        self._secrets = self._sender.secrets
         super().__init__(
             name=name,
             logger=logger,
@@ -263,10 +267,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self._log.log(
             logging.ERROR,
             "generator",
-            "%s: payload_generator failed for %s: %s; payload skipped",
+            "%s: payload_generator failed for %s; payload skipped: %s",
             self.name,
             label,
-            _describe(exc),
+            self._secrets.redact_exception(exc),
         )
 
     def _item_size(self, item: Item) -> int:
@@ -384,7 +388,9 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
                 serialise(self.payload_generator(tuples))
             except Exception as exc:  # logged by the drain, with the others
                 label = _label(tuples)[0]
-                reason = f"payload_generator failed for {label}: {_describe(exc)}"
+                reason = (
+                    f"payload_generator failed for {label}: {self._secrets.redact_exception(exc)}"
+                )
                 verdicts.unencodable(index, reason)
             else:
                 good.append(index)
@@ -430,9 +436,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     def _refused(self, answer: Answer, what: str) -> Settlement:
         status = answer.status
         excerpt = answer.body[:EXCERPT].decode("utf-8", "replace")
-        message = f"HTTP {status} from {what}: {self._sender.scrub(excerpt)!r}"
+        excerpt = self._secrets.redact(excerpt, truncated=len(answer.body) >= EXCERPT)
+        message = f"HTTP {status} from {what}: {excerpt!r}"
         if 300 <= status < 400 and answer.location:
-            location = self._sender.scrub(answer.location)
+            location = self._secrets.redact(answer.location)
             message += f" (redirect to {location!r} not followed)"
         if status == 429 or 500 <= status <= 599:
             return retry(message, parse_retry_after(answer.retry_after))
@@ -524,10 +531,3 @@ def _label(group: Sequence[ContextTuple]) -> tuple[str, int]:
 
 def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _describe(exc: Exception) -> str:
-    text = _printable(str(exc))
-    if len(text) > EXCERPT:
-        text = text[:EXCERPT] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

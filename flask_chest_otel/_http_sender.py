@@ -26,15 +26,16 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
 from ._http import safe_url
 from ._http_response import AnswerError, AnswerReader
+from ._redact import Secrets
 
 #: Longest excerpt of a response body or an error put in a log line.
 EXCERPT = 200
@@ -97,33 +98,9 @@ def check_headers(headers: Mapping[str, Any], what: str) -> tuple[dict[str, str]
     return checked, broken
 
 
-class Scrubber:
-    """Removes a URL's secrets (query, user info, parameter values) from a text."""
-
-    def __init__(self, *urls: str) -> None:
-        secrets: set[str] = set()
-        for url in urls:
-            parts = urlsplit(url)
-            for text in (parts.query, parts.username, parts.password):
-                if text:
-                    secrets.update((text, unquote(text), quote(text, safe="")))
-            for pair in parts.query.split("&"):
-                value = pair.partition("=")[2]
-                if value:
-                    secrets.update((value, unquote(value.replace("+", " "))))
-        # Longest first, so that a whole query goes before its parts.
-        self._secrets = sorted((s for s in secrets if len(s) >= 2), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        # Whatever else looks like a query string (urllib3 quotes the path).
-        return re.sub(r"\?[^\s'\")]+", "?***", text)
-
-
-def reason(exc: BaseException, scrub: Scrubber) -> str:
-    """The innermost cause of a requests/urllib3 error, scrubbed, its reason
-    kept whole (the wrappers' texts are cut, never the cause's)."""
+def reason(exc: BaseException, redact: Callable[[str], str]) -> str:
+    """The innermost cause of a requests/urllib3 error, ``redact``-ed (then
+    cut: the wrappers' texts are cut, never the cause's)."""
     inner: BaseException = exc
     for _ in range(8):
         nested = getattr(inner, "reason", None)
@@ -133,7 +110,7 @@ def reason(exc: BaseException, scrub: Scrubber) -> str:
         if nested is None:
             break
         inner = nested
-    text = scrub(str(inner))
+    text = redact(str(inner))
     # urllib3 prefixes its connection object: "<...HTTPConnection object at 0x..>: "
     text = re.sub(r"^<[^>]*>: ", "", text)
     if len(text) > EXCERPT:
@@ -155,6 +132,9 @@ class Sender:
         session: a ``requests.Session`` to send through (its adapters, auth,
             cookies); None sends directly.
         what: the chest's name, for messages.
+        secrets: the exporter's; :attr:`secrets` adds what requests sends
+            on its own (user info and ``~/.netrc`` as Basic auth, the
+            session's headers and auth).
         unsendable_header: the name of a header that cannot be sent: every
             POST is then refused, without its value in the message.
     """
@@ -170,6 +150,7 @@ class Sender:
         timeout: float | tuple[float, float],
         session: requests.Session | None,
         what: str,
+        secrets: Secrets | None = None,
         unsendable_header: str | None = None,
     ) -> None:
         self.unsendable_header = unsendable_header
@@ -182,7 +163,17 @@ class Sender:
             prepared.prepare_auth(netrc_auth)
         self.url = str(prepared.url)
         self.safe_url = safe_url(url)
-        self.scrub = Scrubber(url, self.url)
+        # With what requests sends on its own: the user info's or
+        # ~/.netrc's Basic auth (in ``prepared.headers``), a session's.
+        sent: dict[str, Any] = dict(prepared.headers)
+        user = password = None
+        if session is not None:
+            sent.update(session.headers)
+            if isinstance(session.auth, tuple) and len(session.auth) == 2:
+                user, password = map(str, session.auth)
+        self.secrets = (secrets or Secrets()).union(
+            Secrets.of(url=self.url, headers=sent, username=user, password=password)
+        )
         self.timeout = timeout
         self.total_timeout = float(sum(timeout)) if isinstance(timeout, tuple) else float(timeout)
         self._connect_timeout = timeout[0] if isinstance(timeout, tuple) else float(timeout)
@@ -283,7 +274,7 @@ class Sender:
                 return answers
             if isinstance(exc, TimeoutError):
                 raise SendError(f"no answer within {self.total_timeout:g} s", True) from None
-            raise SendError(reason(exc, self.scrub), True) from None
+            raise SendError(reason(exc, self.secrets.redact), True) from None
         return answers
 
     def probe_pipelining(self) -> bool | None:
@@ -377,9 +368,9 @@ class Sender:
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
-            raise SendError(reason(exc, self.scrub), True) from None
+            raise SendError(reason(exc, self.secrets.redact), True) from None
         except requests.RequestException as exc:
-            raise SendError(reason(exc, self.scrub), False) from None
+            raise SendError(reason(exc, self.secrets.redact), False) from None
         return Answer(
             response.status_code,
             response.headers.get("Retry-After"),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,12 @@ _ENCOUNTERED = "errors encountered on line(s)"
 #: Longest server message kept for a log line.
 MAX_MESSAGE = 500
 
+Redact = Callable[[str], str]
+
+
+def _same(text: str) -> str:
+    return text
+
 
 @dataclass(frozen=True)
 class Conflict:
@@ -54,13 +60,15 @@ class Conflict:
     stored: str
 
 
-def server_message(body: Any) -> str:
+def server_message(body: Any, redact: Redact = _same) -> str:
     """The message of an InfluxDB error body: 2.x ``{"code","message"}``,
-    1.x and 3.x ``{"error"}``, else the text; cut at :data:`MAX_MESSAGE`."""
+    1.x and 3.x ``{"error"}``, else the text; ``redact``-ed once decoded
+    (JSON escapes may hide a secret from a scrub of the raw body), then cut
+    at :data:`MAX_MESSAGE`."""
     text = _decoded(body)
     document = _json(text)
     if isinstance(document, dict):
-        text = str(document.get("message") or document.get("error") or text)
+        text = redact(str(document.get("message") or document.get("error") or text))
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE] + "..."
     return text
@@ -76,15 +84,18 @@ def conflict_of(message: str) -> Conflict | None:
     )
 
 
-def judge_refusal(body: Any, lines: Sequence[bytes], message: str) -> Settlement:
+def judge_refusal(
+    body: Any, lines: Sequence[bytes], message: str, redact: Redact = _same
+) -> Settlement:
     """The settlement of a 400 or 422 about the data of ``lines`` (the batch
-    as sent, in order). ``message`` is what the log says of the batch."""
+    as sent, in order). ``message`` is what the log says of the batch; the
+    reasons quoted from the body are ``redact``-ed."""
     text = _decoded(body)
     document = _json(text)
-    partial = _influxdb3_partial(document, lines)
+    partial = _influxdb3_partial(document, lines, redact)
     if partial is not None:
         return _named(partial, Fate.DELIVERED, message)
-    said = server_message(body)
+    said = server_message(body, redact)
     full = str(document.get("message") or document.get("error") or "") if isinstance(
         document, dict
     ) else text
@@ -130,7 +141,9 @@ def _indices_of(quoted: list[str], lines: Sequence[bytes], said: str) -> dict[in
     return named
 
 
-def _influxdb3_partial(document: Any, lines: Sequence[bytes]) -> dict[int, str] | None:
+def _influxdb3_partial(
+    document: Any, lines: Sequence[bytes], redact: Redact
+) -> dict[int, str] | None:
     """InfluxDB 3's list of refused lines, by batch index; None if the body
     is not one."""
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
@@ -142,7 +155,7 @@ def _influxdb3_partial(document: Any, lines: Sequence[bytes]) -> dict[int, str] 
     for refusal in document["data"]:
         if not isinstance(refusal, dict):
             return None
-        reason = str(refusal.get("error_message") or "refused")[:MAX_MESSAGE]
+        reason = redact(str(refusal.get("error_message") or "refused"))[:MAX_MESSAGE]
         original = refusal.get("original_line")
         index = by_line.get(original.encode()) if isinstance(original, str) else None
         number = refusal.get("line_number")

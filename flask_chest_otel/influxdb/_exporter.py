@@ -15,7 +15,7 @@ import gzip
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import urllib3
@@ -38,6 +38,7 @@ from .._delivery import (
 )
 from .._http import check_url, parse_retry_after, safe_url
 from .._records import Record, by_name
+from .._redact import Secrets, shown_url
 from ._answers import MAX_MESSAGE, Conflict, conflict_of, judge_refusal, server_message
 from ._line_protocol import (
     LineEncoder,
@@ -79,7 +80,9 @@ class _ModuleLogging:
         self._logger = logger
 
     def debug(self, message: object, *args: object, **kwargs: Any) -> None:
-        self._logger.debug(message, *args, **kwargs)
+        # Its one call quotes the error body, which may echo a token: the
+        # exporter logs that body itself, redacted (``_answers.server_message``).
+        self._logger.debug("an error body is not JSON (shown redacted by the exporter)")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(logging, name)
@@ -100,7 +103,7 @@ def _env(value: str | None, variable: str) -> str | None:
 def _check_url(url: str) -> str:
     check_url(url, "InfluxDB")
     if urllib.parse.urlsplit(url).query or urllib.parse.urlsplit(url).fragment:
-        raise ValueError(f"InfluxDB url {url!r} must not carry a query or fragment")
+        raise ValueError(f"InfluxDB url {shown_url(url)!r} must not carry a query or fragment")
     return url.rstrip("/")
 
 
@@ -203,6 +206,9 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         self._token = _env(token, ENV_TOKEN)
         self._username = username
         self._password = password
+        self._secrets = Secrets.of(
+            url=self.url, token=self._token, username=username, password=password, headers=headers
+        )
         self._client_options: dict[str, Any] = {
             "verify_ssl": verify_ssl,
             "ssl_ca_cert": _env(ssl_ca_cert, ENV_SSL_CA_CERT),
@@ -356,7 +362,8 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         except ApiException as error:
             return self._judge(error, lines)
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            return retry(f"cannot reach {_shown(self.url)}: {_describe(error)}"), None
+            reason = _describe(error, self._secrets.redact)
+            return retry(f"cannot reach {_shown(self.url)}: {reason}"), None
         except ValueError:
             # http.client refuses a header value holding a newline or another
             # control character, and its message quotes the value: the token.
@@ -445,9 +452,12 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         narrowed down to the lines it is about (``_answers``)."""
         status = int(error.status or 0)
         if status == 0:  # influxdb-client's wrapping of urllib3's SSLError: no HTTP answer
-            reason = " ".join(str(error.reason or "").split())[:MAX_MESSAGE]
-            return retry(f"cannot reach {_shown(self.url)}: {reason}"), None
-        message = server_message(error.body)
+            reason = " ".join(self._secrets.redact(str(error.reason or "")).split())
+            return retry(f"cannot reach {_shown(self.url)}: {reason[:MAX_MESSAGE]}"), None
+        # What a server says may echo the request (the token, the URL's
+        # query): scrubbed before anything reads it.
+        body = self._secrets.redact(_text(error.body))
+        message = server_message(body, self._secrets.redact)
         headers: Mapping[str, str] = error.headers or {}
         said = f" (HTTP {status}: {message})" if message else f" (HTTP {status})"
         if status == 413:
@@ -456,7 +466,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
             retry_after = parse_retry_after(headers.get("Retry-After"))
             return retry(f"{self.destination} is unavailable{said}", retry_after), None
         if 300 <= status < 400:
-            location = headers.get("Location", "?")
+            location = self._secrets.redact(headers.get("Location", "?"))
             return refused(
                 f"{_shown(self.url)} redirected the write to {location!r} (HTTP {status}); "
                 "set url to the final address (a redirect is never counted as delivered)"
@@ -468,7 +478,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         if status not in (400, 422):
             return refused(f"{self.destination} refused the write{said}"), None
         refusal = f"{self.destination} refused lines{said}"
-        return judge_refusal(error.body, lines, refusal), conflict_of(message)
+        return judge_refusal(body, lines, refusal, self._secrets.redact), conflict_of(message)
 
     def _credentials_refused(self) -> str:
         if self._username is not None:
@@ -505,9 +515,15 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, redact: Callable[[str], str]) -> str:
     reason = getattr(error, "reason", None)
     if isinstance(reason, BaseException):
         error = reason
-    text = str(error)
+    text = redact(str(error))
     return f"{type(error).__name__}: {text[:MAX_MESSAGE]}" if text else type(error).__name__
+
+
+def _text(body: Any) -> str:
+    if isinstance(body, bytes):
+        return body.decode("utf-8", "replace")
+    return str(body or "")
