@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import (
 from .._logging import LOGGER, RateLimitedLog
 from .._pacing import background, paced, pacing
 from .._records import Record, records_metrics_data
+from .._redact import Secrets
 from .._spool import Spool
 from ..environment_variables import FLASK_CHEST_SPOOL_DIR
 from ._buffer import Buffer, DeliveryStats
@@ -103,6 +104,8 @@ class BufferedExporter(MetricExporter, Generic[Item]):
     #: The sender wakes as soon as this many items wait (None: a full batch,
     #: ``max_batch_items``), else after ``flush_interval``.
     send_at_items: int | None = None
+    #: What must never be printed: an exporter with credentials sets its own.
+    _secrets: Secrets = Secrets()
 
     def __init__(
         self,
@@ -212,9 +215,10 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         return item
 
     def _mask_example(self, item: Item) -> str:
-        """An item as quoted in a log line, e.g. the example of a refused item.
-        Override to mask what must never be logged (tokens, personal data)."""
-        text = repr(item)
+        """An item as quoted in a log line, e.g. the example of a refused item,
+        scrubbed of the exporter's secrets (``_secrets``). Override to mask
+        more (personal data)."""
+        text = self._secrets.redact(repr(item))
         return text if len(text) <= 300 else text[:300] + "..."
 
     # -- MetricExporter -------------------------------------------------------
