@@ -13,7 +13,6 @@ import atexit
 import enum
 import logging
 import os
-import pickle
 import random
 import threading
 import time
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -43,7 +42,9 @@ from opentelemetry.sdk.metrics.export import (
 
 from ._pacing import background, paced, pacing, pause_if_due
 from ._records import Record, records_metrics_data
+from ._spool import CHECK_INTERVAL as SPOOL_CHECK_INTERVAL
 from ._spool import Spool
+from ._spool_codecs import dumps_value, loads_value
 from .environment_variables import FLASK_CHEST_EXIT_TIMEOUT, FLASK_CHEST_SPOOL_DIR
 
 Item = TypeVar("Item")
@@ -332,8 +333,9 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         self._spool: Spool | None = None
         if spool_dir is not None:
             self._spool = Spool(
-                spool_dir, name, self.logger, self._spool_dumps, self._spool_loads
-            )
+                spool_dir, name, self.logger, self._spool_dumps, self._spool_loads,
+                identity=self._spool_identity, max_bytes=self.spool_max_bytes,
+            )  # fmt: skip
         self._init_thread_state()
         _LIVE_EXPORTERS.add(self)
 
@@ -357,13 +359,21 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         """Releases the exporter's resources; called once, on the sender thread."""
 
     def _spool_dumps(self, item: Item) -> bytes:
-        """An item as stored in the spool file (pickle by default)."""
-        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        """An item as stored in the spool file: by default tagged JSON of
+        None, bool, int, float, str, bytes, tuples, lists and dicts (see
+        ``_spool_codecs``); override, with ``_spool_loads``, for other items.
+        Never code (no pickle): a spool file is data."""
+        return dumps_value(item)
 
     def _spool_loads(self, data: bytes) -> Item:
-        """The inverse of ``_spool_dumps``."""
-        item: Item = pickle.loads(data)
-        return item
+        """The inverse of ``_spool_dumps``; raises on anything else."""
+        return cast(Item, loads_value(data))
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        """(kind of exporter, chest name, destination): a spool file is
+        adopted only by a chest of the same identity. Exporters add their
+        destination (URL and bucket, file...)."""
+        return f"{type(self).__module__}.{type(self).__qualname__}", self.name, ""
 
     def _mask_example(self, item: Item) -> str:
         """An item as quoted in a log line, e.g. the example of a refused item.
@@ -653,7 +663,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 timeout = self.flush_interval or None
                 if self._spool is not None:
                     timeout = min(timeout or ADOPT_INTERVAL, ADOPT_INTERVAL)
-                self._wake.wait(timeout)
+                self._wait(self._wake, timeout)
                 self._wake.clear()
                 # Half full: send at full speed, as losing nothing comes first.
                 background(paced=self.stats.buffered < self.max_buffer_items // 2)
@@ -667,6 +677,25 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             finally:
                 with self._idle:
                     self._idle.notify_all()
+
+    def _wait(self, event: threading.Event, seconds: float | None) -> bool:
+        """``event.wait(seconds)``; while spooling, in slices of at most
+        ``SPOOL_CHECK_INTERVAL`` with the spool's upkeep between them (a
+        lost file, writes a full disk refused)."""
+        spool = self._spool
+        if spool is None:
+            return event.wait(seconds)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            with self._lock:
+                spool.maintain()
+            left = SPOOL_CHECK_INTERVAL
+            if deadline is not None:
+                left = min(left, deadline - time.monotonic())
+            if event.wait(max(0.0, left)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def _adopt(self) -> None:
         """Takes the spool files of processes that are gone: their items join
@@ -817,7 +846,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                     if time.monotonic() + delay > deadline:
                         break
                     time.sleep(delay)
-                elif self._stopping.wait(delay):
+                elif self._wait(self._stopping, delay):
                     break
         with self._idle:
             self._idle.notify_all()

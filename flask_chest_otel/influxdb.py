@@ -42,6 +42,7 @@ from ._line_protocol import (
 )
 from ._records import Record, by_name
 from ._schema import SCHEMAS, Schema, other_rows, scopes
+from ._spool_codecs import dumps_line, loads_line
 
 __all__ = ["FlaskChestInfluxDB", "InfluxDBMetricExporter"]
 
@@ -273,6 +274,15 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
 
     def _item_size(self, item: bytes) -> int:
         return len(item) + 1
+
+    def _spool_dumps(self, item: bytes) -> bytes:
+        return dumps_line(item)
+
+    def _spool_loads(self, data: bytes) -> bytes:
+        return loads_line(data)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        return "influxdb", self.name, self.destination
 
     def _send(self, batch: Sequence[bytes]) -> Outcome:
         lines = list(batch)

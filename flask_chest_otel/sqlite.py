@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from math import isfinite
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
 from opentelemetry.sdk.metrics.export import MetricsData
@@ -21,6 +22,7 @@ from ._delivery import DELIVERED, BufferedExporter, Outcome, Status
 from ._pacing import paced
 from ._records import Record, by_name, common_layout, record_point, trace_of
 from ._schema import FieldValue, Row, decorated_row, keep, rows
+from ._spool_codecs import dumps_row, loads_row
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
 
@@ -278,6 +280,17 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
 
     def __repr__(self) -> str:
         return f"SQLiteMetricExporter(db_uri={self.db_uri!r}, table={self.table!r})"
+
+    def _spool_dumps(self, item: SQLiteRow) -> bytes:
+        return dumps_row(item)
+
+    def _spool_loads(self, data: bytes) -> SQLiteRow:
+        return cast(SQLiteRow, loads_row(data, len(_COLUMNS)))
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        uri = self.db_uri
+        where = uri if uri.startswith("file:") or uri == ":memory:" else os.path.abspath(uri)
+        return "sqlite", self.name, f"{where} table {self.table}"
 
     def _encode(self, metrics_data: MetricsData) -> Iterator[SQLiteRow]:
         for row in rows(metrics_data):

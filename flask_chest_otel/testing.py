@@ -53,6 +53,7 @@ from ._names import (
     SCOPE_NAME,
 )
 from ._recorder import RECORDER, Record, Recorder, attributes_of
+from ._spool_codecs import dumps_measurement, loads_measurement
 from ._trace import point_trace
 
 __all__ = [
@@ -165,6 +166,15 @@ class InMemoryMetricExporter(BufferedExporter[CapturedMeasurement]):
                                 )
                             )
         return _in_request_order(captured)
+
+    def _spool_dumps(self, item: CapturedMeasurement) -> bytes:
+        return dumps_measurement(item)
+
+    def _spool_loads(self, data: bytes) -> CapturedMeasurement:
+        return loads_measurement(data, CapturedMeasurement)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        return "recording", self.name, "memory"
 
     def _send(self, batch: Sequence[CapturedMeasurement]) -> Outcome:
         with self._received_lock:
