@@ -113,6 +113,7 @@ class Spool:
         self._pid = os.getpid()
         self._writer = f"{self._pid}.{secrets.token_hex(4)}"
         self._segments: list[_Segment] = []
+        self._last_path: Path | None = None
         self._next_number = 1
         self._entries: deque[_Entry] = deque()
         self._pending: deque[_Entry] = deque()
@@ -146,8 +147,8 @@ class Spool:
 
     @property
     def path(self) -> Path | None:
-        """The file being written, if any."""
-        return self._segments[-1].path if self._segments else None
+        """The file being written, or last written (after ``close``)."""
+        return self._segments[-1].path if self._segments else self._last_path
 
     @property
     def live_bytes(self) -> int:
@@ -451,6 +452,7 @@ class Spool:
                     "with this process",
                     self.name, unwritten, self.directory, self._failure or "file gone",
                 )  # fmt: skip
+        self._last_path = self.path if self._entries else None
         for segment in list(self._segments):
             if self._entries:
                 os.close(segment.fd)
