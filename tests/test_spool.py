@@ -393,3 +393,23 @@ def test_a_deleted_file_is_noticed_and_what_it_held_is_written_again(
     assert spooled_payloads(tmp_path / "spool") == []
     spool.close()
     assert spool_files(tmp_path / "spool") == []
+
+
+def test_one_deleted_file_of_several_is_noticed_and_every_buffered_item_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = a_spool(tmp_path, max_bytes=64_000)
+    spool.append([f"item {n}" * 20 for n in range(100)])
+    spool.ack(10)
+    before = spool_files(tmp_path)
+    assert len(before) >= 3
+    before[0].unlink()
+    spool.maintain()
+    assert [loads_value(item) for item in spooled_payloads(tmp_path)] == [
+        f"item {n}" * 20 for n in range(10, 100)
+    ]
+    assert not set(before) & set(spool_files(tmp_path)), "the old files are replaced"
+    assert caplog.text.count("went away") == 1
+    spool.ack(90)
+    spool.close()
+    assert spool_files(tmp_path) == []

@@ -33,7 +33,7 @@ from ._spool import CHECK_INTERVAL, Spool
 
 __all__ = ["CHECK_INTERVAL", "Scan", "Spool", "file_prefix", "scan", "spooled_payloads"]
 
-_SEGMENT = re.compile(r".+\.[0-9a-f]{10}\.([0-9]+\.[0-9a-f]{8})\.[0-9]{6}\.spool")
+_SEGMENT = re.compile(r".+\.[0-9a-f]{10}\.([0-9]+\.[0-9a-f]{8})\.[0-9]{6,}\.spool")
 
 
 def spooled_payloads(directory: str | os.PathLike[str]) -> list[bytes]:

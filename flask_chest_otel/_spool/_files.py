@@ -50,7 +50,7 @@ class Names:
     def pattern(self) -> re.Pattern[str]:
         """Matches a segment name; groups: writer, number."""
         return re.compile(
-            re.escape(f"{self.prefix}.{self.tag}.") + r"([0-9]+\.[0-9a-f]{8})\.([0-9]{6})\.spool"
+            re.escape(f"{self.prefix}.{self.tag}.") + r"([0-9]+\.[0-9a-f]{8})\.([0-9]{6,})\.spool"
         )
 
     def legacy_pattern(self) -> re.Pattern[str]:
@@ -157,3 +157,19 @@ def set_aside(path: Path, suffix: str) -> Path:
     aside = path.with_name(path.name + suffix)
     os.replace(path, aside)
     return aside
+
+
+def write_some(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """Writes ``data``; returns the bytes written and the error that stopped
+    the write short (a full disk, a failing one), if any."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        try:
+            count = os.write(fd, view[written:])
+        except OSError as exc:
+            return written, exc
+        if count <= 0:
+            return written, OSError(5, "short write")
+        written += count
+    return written, None

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from ._adoption import take_files
-from ._files import Names, create_locked, file_prefix, identity_tag, prepare_directory, read_all
+from ._files import (
+    Names,
+    create_locked,
+    file_prefix,
+    identity_tag,
+    prepare_directory,
+    read_all,
+    write_some,
+)
 from ._frames import (
     ACK,
     FRAME_OVERHEAD,
@@ -36,12 +44,15 @@ RETRY_INTERVAL = 1.0
 #: Segment size bounds: ``max_bytes / 8`` within them.
 MIN_SEGMENT_BYTES = 1 << 10
 MAX_SEGMENT_BYTES = 8 << 20
+#: Where an item is when it is in no file: a lost file that could not be read back.
+_NOWHERE = -1
 
 
 @dataclass(eq=False)
 class _Segment:
     """One file of this process's spool."""
 
+    number: int
     path: Path
     fd: int
     inode: int
@@ -51,29 +62,20 @@ class _Segment:
     live: int = 0
 
 
-class _Entry:
-    """One item of the buffer, as the spool knows it: written to ``segment``,
-    or waiting to be written (``frame``), or neither (a lost file that could
-    not be read back)."""
-
-    __slots__ = ("seq", "size", "segment", "frame", "gone")
-
-    def __init__(self, seq: int, frame: bytes) -> None:
-        self.seq = seq
-        self.size = len(frame)
-        self.segment: _Segment | None = None
-        self.frame: bytes | None = frame
-        self.gone = False
-
-
 class Spool:
     """This process's spool for one chest, and the adoption of the files of
     processes that are gone.
 
     Its files are segments of about ``max_bytes / 8``: a file whose items
-    are all acknowledged is deleted whole, so the spool's bytes on disk
-    (``live_bytes``) stay within ``max_bytes`` as the buffer drops the
-    oldest items, without rewriting anything. Not thread-safe.
+    are all acknowledged is deleted whole, so the spool's bytes on disk stay
+    within ``max_bytes`` as the buffer drops the oldest items (see
+    ``live_bytes``), without rewriting anything. Not thread-safe.
+
+    The items still in the buffer, numbered ``seq`` from 0, oldest first:
+    the written ones (``_homes``, the number of the segment holding each),
+    then those waiting to be written (``_pending``, (seq, frame)). Plain
+    ints, bytes and tuples of them: nothing here keeps the garbage collector
+    busy while the buffer is full.
 
     Args:
         identity: (kind, chest name, destination), or a function returning
@@ -99,8 +101,8 @@ class Spool:
         self.loads = loads
         self._identity_of = identity
         self._names: Names | None = None
-        self._header = b""
         self._identity: Identity = ("", name, "")
+        self._header = b""
         self.max_bytes = max_bytes
         self.segment_bytes = min(max(max_bytes // 8, MIN_SEGMENT_BYTES), MAX_SEGMENT_BYTES)
         #: Files refused as unsafe, reported once each.
@@ -113,14 +115,18 @@ class Spool:
         self._pid = os.getpid()
         self._writer = f"{self._pid}.{secrets.token_hex(4)}"
         self._segments: list[_Segment] = []
+        self._by_number: dict[int, _Segment] = {}
         self._last_path: Path | None = None
         self._next_number = 1
-        self._entries: deque[_Entry] = deque()
-        self._pending: deque[_Entry] = deque()
-        self._pending_bytes = 0
-        self._next_seq = 0
+        #: The number of the oldest item still buffered, and of the next one.
         self._acked = 0
+        self._next_seq = 0
+        self._homes: deque[int] = deque()
+        self._pending: deque[tuple[int, bytes | None]] = deque()
+        self._pending_bytes = 0
         self._ack_unwritten = False
+        #: Files a rewrite (``_write_again``) replaces, deleted once it is written.
+        self._replaced: list[_Segment] = []
         self._failure: str | None = None
         self._retry_at = 0.0
         self._check_at = 0.0
@@ -159,7 +165,7 @@ class Spool:
         files are written only as far as it allows (``_write_pending``), so
         within it whatever waits gets written."""
         on_disk = sum(segment.size for segment in self._segments if segment.live)
-        if not self._entries:
+        if not self._homes and not self._pending:
             return on_disk
         pending = self._pending_bytes
         headers = 0
@@ -180,6 +186,7 @@ class Spool:
         cannot be encoded, which stays in memory only). What the disk refuses
         waits in memory and is written by a later call (``maintain``)."""
         sizes = []
+        pending = self._pending
         for item in items:
             try:
                 payload = self.dumps(item)
@@ -187,12 +194,11 @@ class Spool:
                 sizes.append(0)
                 self._log_unencodable(item, exc)
                 continue
-            entry = _Entry(self._next_seq, encode_frame(ITEM, self._next_seq, payload))
+            frame = encode_frame(ITEM, self._next_seq, payload)
+            pending.append((self._next_seq, frame))
             self._next_seq += 1
-            self._entries.append(entry)
-            self._pending.append(entry)
-            self._pending_bytes += entry.size
-            sizes.append(entry.size)
+            self._pending_bytes += len(frame)
+            sizes.append(len(frame))
         now = time.monotonic()
         if self._failure is None or now >= self._retry_at:
             self._write_pending()
@@ -203,18 +209,19 @@ class Spool:
     def ack(self, count: int, write: bool = True) -> None:
         """The ``count`` oldest items are gone. With ``write=False`` the ack
         frame waits for the next ``ack`` (one frame for many drops)."""
-        entries = self._entries
-        count = min(count, len(entries))
+        homes, pending = self._homes, self._pending
+        count = min(count, len(homes) + len(pending))
         for _ in range(count):
-            entry = entries.popleft()
-            if entry.segment is not None:
-                entry.segment.live -= 1
-            elif entry.frame is not None:
-                entry.frame = None
-                self._pending_bytes -= entry.size
-            entry.gone = True
+            if homes:
+                home = homes.popleft()
+                if home != _NOWHERE:
+                    self._by_number[home].live -= 1
+            else:
+                frame = pending.popleft()[1]
+                if frame is not None:
+                    self._pending_bytes -= len(frame)
         if count:
-            self._acked = entries[0].seq if entries else self._next_seq
+            self._acked += count
             self._ack_unwritten = True
         if write and self._ack_unwritten:
             self._write_ack()
@@ -232,50 +239,60 @@ class Spool:
         pending = self._pending
         try:
             while pending:
-                if pending[0].gone:
+                if pending[0][1] is None:  # lost and not read back: in memory only
                     pending.popleft()
+                    self._homes.append(_NOWHERE)
                     continue
-                segments = self._segments
                 budget = self.max_bytes - self.file_bytes - FRAME_OVERHEAD
-                if not segments or segments[-1].size >= self.segment_bytes:
+                if self._replaced:  # a rewrite: the files it replaces go once it is done
+                    budget += sum(segment.size for segment in self._replaced)
+                if self._needs_segment():
                     self._ensure_names()
                     budget -= FRAME_OVERHEAD + len(self._header)
-                if pending[0].size > budget:
+                first = len(pending[0][1])
+                if first > budget:
                     break
                 segment = self._current_segment()
-                room = min(self.segment_bytes - segment.size, budget)
-                batch: list[_Entry] = []
+                room = max(min(self.segment_bytes - segment.size, budget), first)
+                batch: list[bytes] = []
                 size = 0
-                while pending and (not batch or size + pending[0].size <= room):
-                    entry = pending.popleft()
-                    if not entry.gone:
-                        batch.append(entry)
-                        size += entry.size
-                if batch:
-                    self._write_entries(segment, batch)
+                while pending:
+                    frame = pending[0][1]
+                    if frame is None or size + len(frame) > room:
+                        break
+                    pending.popleft()
+                    batch.append(frame)
+                    size += len(frame)
+                self._write_frames(segment, batch)
         except OSError as exc:
             self._failed(exc)
             return
+        if self._replaced and not pending:
+            for segment in self._replaced:
+                self._drop(segment)
+            self._replaced = []
         if self._failure is not None:
             self._failure = None
             self.logger.warning("%s: the spool in %s is written again", self.name, self.directory)
 
-    def _write_entries(self, segment: _Segment, batch: list[_Entry]) -> None:
-        data = b"".join(entry.frame for entry in batch)  # type: ignore[misc]
-        written, error = _write(segment.fd, data)
-        whole = 0
-        for entry in batch:
-            if entry.size > written:
+    def _write_frames(self, segment: _Segment, batch: list[bytes]) -> None:
+        written, error = write_some(segment.fd, b"".join(batch))
+        done = 0
+        for frame in batch:
+            if len(frame) > written:
                 break
-            written -= entry.size
-            entry.segment, entry.frame = segment, None
+            written -= len(frame)
+            self._homes.append(segment.number)
             segment.live += 1
-            segment.size += entry.size
-            self._pending_bytes -= entry.size
-            whole += 1
+            segment.size += len(frame)
+            self._pending_bytes -= len(frame)
+            done += 1
         if error is None:
             return
-        self._pending.extendleft(reversed(batch[whole:]))
+        first_seq = self._acked + len(self._homes)
+        self._pending.extendleft(
+            reversed([(first_seq + n, frame) for n, frame in enumerate(batch[done:])])
+        )
         self._cut_back(segment)
         raise error
 
@@ -296,7 +313,7 @@ class Spool:
         if segments:
             self._ack_to(segments[-1])
             for segment in segments[:-1]:
-                if not segment.live:
+                if not segment.live and segment not in self._replaced:
                     self._drop(segment)
         else:
             self._ack_unwritten = False
@@ -314,8 +331,7 @@ class Spool:
             current.size = current.header_size
             self._ack_unwritten = False
             return
-        frame = encode_frame(ACK, self._acked, b"")
-        written, error = _write(current.fd, frame)
+        written, error = write_some(current.fd, encode_frame(ACK, self._acked, b""))
         if error is None:
             current.size += written
             self._ack_unwritten = False
@@ -323,20 +339,35 @@ class Spool:
             self._cut_back(current)
             self._failed(error)
 
+    def _needs_segment(self) -> bool:
+        segments = self._segments
+        return (
+            not segments
+            or segments[-1].size >= self.segment_bytes
+            or segments[-1] in self._replaced
+        )
+
     def _current_segment(self) -> _Segment:
-        if self._segments and self._segments[-1].size < self.segment_bytes:
+        if not self._needs_segment():
             return self._segments[-1]
         names = self._ensure_names()
         header = encode_frame(HEADER, self._acked, self._header)
-        name = names.segment(self._writer, self._next_number)
-        try:
+        for _ in range(2):
+            name = names.segment(self._writer, self._next_number)
+            try:
+                fd, path, inode = create_locked(self.directory, name, header)
+                break
+            except FileNotFoundError:  # the directory is gone: make it again
+                prepare_directory(self.directory, self.logger, self.name)
+            except FileExistsError:  # put there by someone else: take the next name
+                self._next_number += 1
+        else:
+            name = names.segment(self._writer, self._next_number)
             fd, path, inode = create_locked(self.directory, name, header)
-        except FileNotFoundError:  # the directory is gone: make it again
-            prepare_directory(self.directory, self.logger, self.name)
-            fd, path, inode = create_locked(self.directory, name, header)
+        segment = _Segment(self._next_number, path, fd, inode, len(header), len(header))
         self._next_number += 1
-        segment = _Segment(path, fd, inode, len(header), len(header))
         self._segments.append(segment)
+        self._by_number[segment.number] = segment
         return segment
 
     def _drop(self, segment: _Segment) -> None:
@@ -347,6 +378,7 @@ class Spool:
             pass
         os.close(segment.fd)
         self._segments.remove(segment)
+        del self._by_number[segment.number]
 
     def _failed(self, exc: OSError) -> None:
         self._retry_at = time.monotonic() + RETRY_INTERVAL
@@ -355,8 +387,8 @@ class Spool:
                 "%s: cannot write the spool in %s (%s): the items that could not be written "
                 "(%d now) stay in memory, bounded by the buffer, and are written when the disk "
                 "takes them (tried every %g s); what the files hold is intact",
-                self.name, self.directory, exc.strerror or exc,
-                sum(1 for entry in self._pending if not entry.gone), RETRY_INTERVAL,
+                self.name, self.directory, exc.strerror or exc, len(self._pending),
+                RETRY_INTERVAL,
             )  # fmt: skip
         self._failure = exc.strerror or repr(exc)
 
@@ -384,7 +416,7 @@ class Spool:
         self._check_at = now + CHECK_INTERVAL
         if self._segments:
             self._check_files()
-        if (self._pending or self._ack_unwritten) and now >= self._retry_at:
+        if (self._pending or self._ack_unwritten) and time.monotonic() >= self._retry_at:
             self._write_pending()
             if self._ack_unwritten:
                 self._write_ack()
@@ -399,39 +431,43 @@ class Spool:
                 inode = -1
             if inode != segment.inode:
                 lost.append(segment)
-        if not lost:
-            return
+        if lost:
+            self._write_again(lost)
+
+    def _write_again(self, lost: list[_Segment]) -> None:
+        """Reads what the files hold through their descriptors (a deleted
+        file lives on while open) and writes every buffered item again, to
+        new files; the old ones go once that is done."""
         found: dict[int, bytes] = {}
-        for segment in lost:
+        for segment in self._segments:
             try:
                 found.update(scan(read_all(segment.fd)).items)
             except OSError:
                 pass
+            segment.live = 0
+        again: list[tuple[int, bytes | None]] = []
+        for seq, home in enumerate(self._homes, start=self._acked):
+            payload = found.get(seq) if home != _NOWHERE else None
+            frame = None if payload is None else encode_frame(ITEM, seq, payload)
+            again.append((seq, frame))
+            self._pending_bytes += len(frame or b"")
+        unreadable = sum(1 for _, frame in again if frame is None)
+        self._homes.clear()
+        self._pending.extendleft(reversed(again))
+        for segment in lost:
             os.close(segment.fd)
             self._segments.remove(segment)
-        again: list[_Entry] = []
-        unreadable = 0
-        for entry in self._entries:
-            if entry.segment is None or entry.segment not in lost:
-                continue
-            entry.segment = None
-            payload = found.get(entry.seq)
-            if payload is None:
-                unreadable += 1
-                continue
-            entry.frame = encode_frame(ITEM, entry.seq, payload)
-            self._pending_bytes += entry.size
-            again.append(entry)
-        self._pending.extendleft(reversed(again))
-        self._ack_unwritten = True
+            del self._by_number[segment.number]
+        self._replaced = list(self._segments)
         self.logger.error(
             "%s: spool file(s) %s went away (deleted, or the directory %s); the %d items "
-            "they still held are written again to a new file%s",
+            "buffered are written again to a new file%s",
             self.name, ", ".join(segment.path.name for segment in lost), self.directory,
-            len(again),
+            len(again) - unreadable,
             f"; {unreadable} could not be read back and are in memory only" if unreadable else "",
         )  # fmt: skip
         self._retry_at = 0.0
+        self._write_pending()
 
     # -- closing and forks ----------------------------------------------------
 
@@ -440,21 +476,22 @@ class Spool:
         process on this directory adopts them), deleting the others."""
         if self._pid != os.getpid():
             return
-        if self._entries:
+        live = bool(self._homes or self._pending)
+        if live:
             self._retry_at = 0.0
             self._write_pending()
             if self._ack_unwritten:
                 self._write_ack()
-            unwritten = sum(1 for entry in self._entries if entry.segment is None)
+            unwritten = len(self._pending) + self._homes.count(_NOWHERE)
             if unwritten:
                 self.logger.error(
                     "%s: %d items could not be written to the spool in %s (%s) and are lost "
                     "with this process",
                     self.name, unwritten, self.directory, self._failure or "file gone",
                 )  # fmt: skip
-        self._last_path = self.path if self._entries else None
+        self._last_path = self.path if live else None
         for segment in list(self._segments):
-            if self._entries:
+            if live:
                 os.close(segment.fd)
                 self._segments.remove(segment)
             else:
@@ -504,9 +541,7 @@ class Spool:
         self._release_held()
 
     def _release_held(self) -> None:
-        if not self._held:
-            return
-        if any(not entry.gone and entry.seq < self._held_below for entry in self._pending):
+        if not self._held or (self._pending and self._pending[0][0] < self._held_below):
             return
         for path, fd in self._held:
             try:
@@ -516,19 +551,3 @@ class Spool:
                 pass
             os.close(fd)
         self._held = []
-
-
-def _write(fd: int, data: bytes) -> tuple[int, OSError | None]:
-    """Writes ``data``; returns the bytes written and the error that stopped
-    the write short, if any."""
-    view = memoryview(data)
-    written = 0
-    while written < len(data):
-        try:
-            count = os.write(fd, view[written:])
-        except OSError as exc:
-            return written, exc
-        if count <= 0:
-            return written, OSError(5, "short write")
-        written += count
-    return written, None
