@@ -3,6 +3,7 @@ generator -> one POST per payload, from the exporter's own thread."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ._json_payload import serialise
 from ._pacing import paced
 from ._records import VERSION, Record, attributes_of
 from ._redact import Secrets
+from ._spool_codecs import dumps_http_item, loads_http_item
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
 #: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
@@ -278,6 +280,17 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             return len(item.body)
         # A request's tuples: about what their JSON takes.
         return sum(64 + len(str(flat[1])) + len(flat[2] or "") for flat in item)
+
+    def _spool_dumps(self, item: Item) -> bytes:
+        return dumps_http_item(item)
+
+    def _spool_loads(self, data: bytes) -> Item:
+        return loads_http_item(data, Payload)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        # The query may hold a secret: only its hash is written.
+        query = hashlib.sha256(self.url.encode()).hexdigest()[:12] if "?" in self.url else ""
+        return "http-payload", self.name, f"{safe_url(self.url)} {query}".strip()
 
     def _warn_unsupported(self, metric: Metric) -> None:
         self._log.log(

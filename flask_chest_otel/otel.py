@@ -36,6 +36,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._delivery import DELIVERED, BufferedExporter, Settlement, retry
 from ._names import ATTR_INDEX
+from ._spool_codecs import dumps_point_item, loads_point_item
 
 __all__ = ["FlaskChestOTel", "OTelExporterAdapter", "otlp_exporter_from_environment"]
 
@@ -46,46 +47,13 @@ DEFAULT_MAX_BATCH_ITEMS = 2_000
 
 @dataclasses.dataclass(frozen=True)
 class _PointItem:
-    """One data point and where it belongs, as buffered (and spooled)."""
+    """One data point and where it belongs, as buffered (and spooled, see
+    ``_spool_codecs.dumps_point_item``)."""
 
     resource: Resource
     scope: InstrumentationScope
     metric: Metric  # with no data points: the metric's name, unit and kind
     point: Any
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # A Resource's attributes hold a lock: pickle (the on-disk spool)
-        # gets plain dicts, and the objects are rebuilt from them.
-        scope = self.scope
-        point = self.point
-        if point.attributes is not None and not isinstance(point.attributes, dict):
-            point = dataclasses.replace(point, attributes=dict(point.attributes))
-        return (
-            _rebuild_item,
-            (
-                dict(self.resource.attributes),
-                self.resource.schema_url,
-                (scope.name, scope.version, scope.schema_url, dict(scope.attributes or {})),
-                self.metric,
-                point,
-            ),
-        )
-
-
-def _rebuild_item(
-    resource_attributes: dict[str, Any],
-    resource_schema_url: str,
-    scope: tuple[str, str | None, str | None, dict[str, Any]],
-    metric: Metric,
-    point: Any,
-) -> _PointItem:
-    name, version, schema_url, attributes = scope
-    return _PointItem(
-        Resource(resource_attributes, resource_schema_url),
-        InstrumentationScope(name, version, schema_url, attributes or None),
-        metric,
-        point,
-    )
 
 
 class OTelExporterAdapter(BufferedExporter[_PointItem]):
@@ -115,6 +83,18 @@ class OTelExporterAdapter(BufferedExporter[_PointItem]):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, exporter={self.wrapped!r})"
+
+    def _spool_dumps(self, item: _PointItem) -> bytes:
+        return dumps_point_item(item)
+
+    def _spool_loads(self, data: bytes) -> _PointItem:
+        return loads_point_item(data, _PointItem)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        wrapped = type(self.wrapped)
+        endpoint = getattr(self.wrapped, "_endpoint", "")
+        where = f"{wrapped.__module__}.{wrapped.__qualname__} {endpoint}"
+        return "otel", self.name, where.strip()
 
     def _encode(self, metrics_data: MetricsData) -> Iterator[_PointItem]:
         for resource_metrics in metrics_data.resource_metrics:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from math import isfinite
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
 from opentelemetry.sdk.metrics.export import MetricsData
@@ -30,6 +31,7 @@ from ._records import (
     record_point,
     trace_of,
 )
+from ._spool_codecs import dumps_row, loads_row
 from .influxdb._rows import FieldValue, Row, decorated_row, keep, rows
 
 __all__ = ["FlaskChestSQLite", "SQLiteMetricExporter"]
@@ -323,6 +325,17 @@ class SQLiteMetricExporter(BufferedExporter[SQLiteRow]):
 
     def __repr__(self) -> str:
         return f"SQLiteMetricExporter(db_uri={self.db_uri!r}, table={self.table!r})"
+
+    def _spool_dumps(self, item: SQLiteRow) -> bytes:
+        return dumps_row(item)
+
+    def _spool_loads(self, data: bytes) -> SQLiteRow:
+        return cast(SQLiteRow, loads_row(data, len(_COLUMNS)))
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        uri = self.db_uri
+        where = uri if uri.startswith("file:") or uri == ":memory:" else os.path.abspath(uri)
+        return "sqlite", self.name, f"{where} table {self.table}"
 
     def _encode(self, metrics_data: MetricsData) -> Iterator[SQLiteRow]:
         for row in rows(metrics_data):

@@ -55,6 +55,7 @@ from ._names import (
 )
 from ._recorder import RECORDER, Record, Recorder
 from ._records import NAME, SPAN_IDS, TIME_UNIX_NANO, VALUE, point_attributes
+from ._spool_codecs import dumps_measurement, loads_measurement
 from ._trace import hex_ids, point_trace
 
 __all__ = [
@@ -173,6 +174,15 @@ class InMemoryMetricExporter(BufferedExporter[CapturedMeasurement]):
                                 )
                             )
         return _in_request_order(captured)
+
+    def _spool_dumps(self, item: CapturedMeasurement) -> bytes:
+        return dumps_measurement(item)
+
+    def _spool_loads(self, data: bytes) -> CapturedMeasurement:
+        return loads_measurement(data, CapturedMeasurement)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        return "recording", self.name, "memory"
 
     def _send(self, batch: Sequence[CapturedMeasurement]) -> Settlement:
         with self._received_lock:

@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics.export import Metric, MetricsData
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
 from ._context_tuple import ContextTuple, context_tuples
 from ._delivery import DELIVERED, BufferedExporter, Fate, Settlement
+from ._spool_codecs import dumps_context_tuples, loads_context_tuples
 
 __all__ = ["FlaskChest", "WriterChest", "writer_chest"]
 
@@ -83,6 +84,16 @@ class _WriteExporter(BufferedExporter[list[ContextTuple]]):
         yield from per_request
         if others:
             yield others
+
+    def _spool_dumps(self, item: list[ContextTuple]) -> bytes:
+        return dumps_context_tuples(item)
+
+    def _spool_loads(self, data: bytes) -> list[ContextTuple]:
+        return loads_context_tuples(data)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        owner = type(getattr(self._write, "__self__", self._write))
+        return "writer", self.name, f"{owner.__module__}.{owner.__qualname__}"
 
     def _unsupported(self, metric: Metric) -> None:
         self._log.log(

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pickle
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
 from flask_chest_otel._spool import Spool
+from flask_chest_otel._spool_codecs import dumps_line, loads_line
 
 # One InfluxDB line of the sample app, about 200 bytes.
 LINE = (
@@ -28,7 +28,11 @@ LINE = (
 
 
 def append_file(directory: Path, items: int, batch: int) -> tuple[float, float]:
-    spool = Spool(directory, "bench", logging.getLogger("bench"), pickle.dumps, pickle.loads)
+    spool = Spool(
+        directory, "bench", logging.getLogger("bench"), dumps_line, loads_line,
+        identity=("influxdb", "bench", "http://localhost:8086 bucket 'b'"),
+        max_bytes=1 << 30,
+    )  # fmt: skip
     payload = [LINE] * batch
     started = time.perf_counter()
     for _ in range(items // batch):
@@ -47,7 +51,7 @@ def sqlite_wal(directory: Path, items: int, batch: int) -> tuple[float, float]:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.execute("CREATE TABLE spool (id INTEGER PRIMARY KEY, item BLOB)")
-    rows = [(pickle.dumps(LINE),)] * batch
+    rows = [(LINE,)] * batch
     started = time.perf_counter()
     for _ in range(items // batch):
         connection.execute("BEGIN")

@@ -5,7 +5,6 @@ opentelemetry-instrumentation-flask tracing the requests."""
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -373,18 +372,19 @@ class KeepingExporter(MetricExporter):
         pass
 
 
-class PicklingAdapter(OTelExporterAdapter):
-    """Sends what went through pickle and back, as the on-disk spool stores it."""
+class SpoolingAdapter(OTelExporterAdapter):
+    """Sends what went through the spool's encoding and back."""
 
     def _send(self, batch: Sequence[Any]) -> Settlement:
-        return super()._send([pickle.loads(pickle.dumps(item)) for item in batch])
+        return super()._send([self._spool_loads(self._spool_dumps(item)) for item in batch])
 
 
-def test_buffered_points_survive_pickling_as_the_spool_stores_them() -> None:
-    """Pickled and read back, a request's points regroup into one resource,
-    one scope and one metric per name, with their values, times and traces."""
+def test_buffered_points_survive_the_spool_encoding() -> None:
+    """Written as the spool writes them and read back, a request's points
+    regroup into one resource, one scope and one metric per name, with their
+    values, times and traces."""
     keeping = KeepingExporter()
-    chest = Chest("pickled", PicklingAdapter(keeping, name="pickled"))
+    chest = Chest("spooled", SpoolingAdapter(keeping, name="spooled"))
     app = Flask(__name__)
 
     @app.route("/")

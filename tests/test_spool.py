@@ -13,17 +13,21 @@ import logging
 import os
 import pickle
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flask_chest_otel._delivery import DELIVERED, retry
-from flask_chest_otel._spool import Spool, encode_frame, read_items
+from flask_chest_otel._spool import Spool, scan, spooled_payloads
+from flask_chest_otel._spool._frames import ITEM, encode_frame
+from flask_chest_otel._spool_codecs import dumps_value, loads_value
 
 from .conftest import wait_for
 from .test_delivery import ScriptedExporter
@@ -169,69 +173,76 @@ def test_a_process_stopped_while_the_backend_is_down_leaves_its_data_to_the_next
     assert spool_files(spool_dir) == []
 
 
-# -- the spool file ---------------------------------------------------------------
+# -- the spool files ---------------------------------------------------------------
+
+#: The identity of ScriptedExporter's chest (its default ``_spool_identity``).
+SCRIPTED = ("tests.test_delivery.ScriptedExporter", "scripted", "")
 
 
-def dead_spool(directory: Path, items: list[int]) -> Path:
-    """A spool file as a killed process leaves it (written, never closed)."""
-    spool = Spool(directory, "scripted", logging.getLogger("test"), pickle_dumps, pickle.loads)
+def a_spool(directory: Path, identity: tuple[str, str, str] = SCRIPTED, **options: Any) -> Spool:
+    return Spool(
+        directory, identity[1], logging.getLogger("test"), dumps_value, loads_value,
+        identity=identity, **options,
+    )  # fmt: skip
+
+
+def dead_spool(directory: Path, items: list[Any], **options: Any) -> list[Path]:
+    """Spool files as a killed process leaves them (written, never closed)."""
+    spool = a_spool(directory, **options)
     spool.append(items)
-    assert spool.path is not None and spool._fd is not None
-    os.close(spool._fd)  # the process is gone: its lock goes with it
-    return spool.path
+    paths = [segment.path for segment in spool._segments]
+    for segment in spool._segments:
+        os.close(segment.fd)  # the process is gone: its locks go with it
+    return paths
 
 
-def pickle_dumps(item: int) -> bytes:
-    return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+def adopting_exporter(directory: Path, **options: Any) -> ScriptedExporter:
+    exporter = ScriptedExporter(lambda batch: DELIVERED, spool_dir=directory, **options)
+    exporter._ensure_thread()
+    return exporter
 
 
-def repr_bytes(item: int) -> bytes:
-    return str(item).encode()
-
-
-def int_loads(data: bytes) -> int:
-    return int(data)
-
-
-def test_acknowledged_items_are_not_read_back_and_an_emptied_file_is_truncated(
+def test_acknowledged_items_are_not_read_back_and_an_emptied_file_keeps_only_its_header(
     tmp_path: Path,
 ) -> None:
-    spool = Spool(tmp_path, "scripted", logging.getLogger("test"), repr_bytes, int_loads)
+    spool = a_spool(tmp_path)
     spool.append([1, 2, 3, 4])
     spool.ack(3)
-    assert spool.path is not None
-    assert read_items(spool.path.read_bytes()) == ([b"4"], False)
+    path = spool.path
+    assert path is not None
+    assert spooled_payloads(tmp_path) == [b"4"]
     spool.ack(1)
-    assert spool.path.stat().st_size == 0
+    assert scan(path.read_bytes()).items == {}
+    assert path.stat().st_size == spool._segments[0].header_size
     spool.close()
-    assert not spool.path.exists()
+    assert not path.exists()
 
 
-def test_a_damaged_spool_file_is_set_aside_with_a_log_line_and_its_good_part_resent(
+def test_a_damaged_frame_is_skipped_and_every_whole_item_after_it_is_resent(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = dead_spool(tmp_path, [1, 2, 3])
+    (path,) = dead_spool(tmp_path, list(range(10)))
     data = bytearray(path.read_bytes())
-    frame = len(encode_frame(1, pickle_dumps(1)))
-    data[2 * frame + 9] ^= 0xFF  # the third item's payload
+    third = data.index(encode_frame(ITEM, 2, dumps_value(2)))
+    data[third + 21] ^= 0xFF  # the third item's payload
+    after_fourth = third + 2 * len(encode_frame(ITEM, 2, dumps_value(2)))
+    data[after_fourth:after_fourth] = b"\xfcCS\xfdtorn"  # and a cut-off frame after the fourth
     path.write_bytes(bytes(data))
-    exporter = ScriptedExporter(lambda batch: DELIVERED, spool_dir=tmp_path)
-    exporter._ensure_thread()
+    exporter = adopting_exporter(tmp_path)
     try:
-        assert wait_for(lambda: exporter.delivered == [1, 2], timeout=10)
+        assert wait_for(lambda: exporter.delivered == [0, 1, *range(3, 10)], timeout=10)
     finally:
         exporter.shutdown()
-    assert "checksum mismatch" in caplog.text and "kept as" in caplog.text
-    assert [p.suffix for p in tmp_path.iterdir()] == [".corrupt"]
+    assert "is damaged at bytes" in caplog.text
+    assert spool_files(tmp_path) == []
 
 
 def test_a_cut_off_last_write_keeps_the_whole_items_before_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = dead_spool(tmp_path, [7, 8])
+    (path,) = dead_spool(tmp_path, [7, 8])
     path.write_bytes(path.read_bytes()[:-1])
-    exporter = ScriptedExporter(lambda batch: DELIVERED, spool_dir=tmp_path)
-    exporter._ensure_thread()
+    exporter = adopting_exporter(tmp_path)
     try:
         assert wait_for(lambda: exporter.delivered == [7], timeout=10)
     finally:
@@ -241,61 +252,164 @@ def test_a_cut_off_last_write_keeps_the_whole_items_before_it(
 
 
 def test_a_file_locked_by_a_live_process_is_left_alone(tmp_path: Path) -> None:
-    live = Spool(tmp_path, "scripted", logging.getLogger("test"), repr_bytes, int_loads)
+    live = a_spool(tmp_path)
     live.append([1])
-    exporter = ScriptedExporter(lambda batch: DELIVERED, spool_dir=tmp_path)
-    exporter._ensure_thread()
+    exporter = adopting_exporter(tmp_path)
     time.sleep(0.3)
     exporter.shutdown()
     assert exporter.delivered == []
     assert live.path is not None and live.path.exists()
     live.ack(1)
     live.close()
+    assert spool_files(tmp_path) == []
 
 
-def test_the_spool_bound_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+def test_the_spool_bound_holds_on_disk_at_every_write_while_the_backend_is_down(
+    tmp_path: Path,
+) -> None:
+    """Compaction used to wait for a successful send: now whole files go as
+    the oldest items are dropped, and nothing is written beyond the bound."""
     exporter = ScriptedExporter(
-        lambda batch: retry("down"), spool_dir=tmp_path, spool_max_bytes=100
+        lambda batch: retry("down"), spool_dir=tmp_path, spool_max_bytes=20_000
     )
-    exporter.put(*range(20))  # 10-byte frames (9 header + 1-2 payload)
+    largest = 0
+    for start in range(0, 20_000, 100):
+        exporter.put(*range(start, start + 100))
+        largest = max(largest, sum(path.stat().st_size for path in spool_files(tmp_path)))
     assert exporter._buffer.spool is not None
-    assert exporter._buffer.spool.live_bytes <= 100
-    assert exporter.stats.dropped_buffer_full == 20 - exporter.stats.buffered
+    assert largest <= 20_000
+    assert exporter._buffer.spool._pending_bytes == 0, "everything kept is on disk"
+    kept = exporter.stats.buffered
+    assert exporter.stats.dropped_buffer_full == 20_000 - kept
     exporter.shutdown(timeout_millis=10)
-    items, _ = read_items(spool_files(tmp_path)[0].read_bytes())
-    kept = [pickle.loads(item) for item in items]
-    assert kept == list(range(20 - len(kept), 20)), "the newest are kept"
-    assert exporter.stats.spooled == len(kept)
-    assert exporter.stats.dropped_buffer_full + len(kept) == 20
+    payloads = [loads_value(payload) for payload in spooled_payloads(tmp_path)]
+    assert payloads == list(range(20_000 - kept, 20_000)), "the newest are kept"
+    assert exporter.stats.spooled == kept
 
 
-def test_a_long_outage_compacts_the_file_instead_of_growing_it(tmp_path: Path) -> None:
-    exporter = ScriptedExporter(
-        lambda batch: retry("down"), spool_dir=tmp_path, max_buffer_items=1_000
-    )
-    for start in range(0, 200_000, 1_000):
-        exporter.put(*range(start, start + 1_000))
-    spool = exporter._buffer.spool
-    assert spool is not None and spool.path is not None
-    assert spool.path.stat().st_size <= max(2 * spool.live_bytes, 1 << 20) + 20_000
-    exporter.shutdown(timeout_millis=10)
-    items, _ = read_items(spool_files(tmp_path)[0].read_bytes())
-    assert len(items) == 1_000
-
-
-def test_a_chest_takes_only_the_files_of_its_own_name(tmp_path: Path) -> None:
-    """Chests "scripted" and "scripted.b" share a directory: neither takes
-    the other's files."""
-    other = Spool(tmp_path, "scripted.b", logging.getLogger("test"), pickle_dumps, pickle.loads)
-    other.append([5])
-    assert other._fd is not None
-    os.close(other._fd)
+def test_a_chest_takes_only_the_files_whose_header_names_it(tmp_path: Path) -> None:
+    """Names that sanitise alike (``scripted/x``, ``scripted:x``), or one name
+    for two kinds of exporter: each chest takes its own files only."""
+    others = [
+        ("tests.test_delivery.ScriptedExporter", "scripted/x", ""),
+        ("tests.test_delivery.ScriptedExporter", "scripted:x", ""),
+        ("influxdb", "scripted", "http://localhost:8086 org 'o' bucket 'b'"),
+    ]
+    kept = [path for identity in others for path in dead_spool(tmp_path, [5], identity=identity)]
     mine = dead_spool(tmp_path, [1])
-    exporter = ScriptedExporter(lambda batch: DELIVERED, spool_dir=tmp_path)
-    exporter._ensure_thread()
+    exporter = adopting_exporter(tmp_path)
     try:
         assert wait_for(lambda: exporter.delivered == [1], timeout=10)
+        time.sleep(0.2)
     finally:
         exporter.shutdown()
-    assert not mine.exists()
-    assert other.path is not None and other.path.exists()
+    assert exporter.delivered == [1]
+    assert not any(path.exists() for path in mine)
+    assert all(path.exists() for path in kept)
+
+
+def test_a_file_of_an_unknown_format_is_set_aside_with_one_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (path,) = dead_spool(tmp_path, [1])
+    path.write_bytes(b"not a spool file at all")
+    exporter = adopting_exporter(tmp_path)
+    try:
+        assert wait_for(lambda: (tmp_path / f"{path.name}.rejected").exists(), timeout=10)
+    finally:
+        exporter.shutdown()
+    assert exporter.delivered == []
+    assert caplog.text.count("not a spool file of a format this version reads") == 1
+
+
+class Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/tmp/flask-chest-otel-spool-pickle-ran"
+
+
+def test_a_pickled_spool_file_of_an_earlier_version_is_never_unpickled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Path(MARKER).unlink(missing_ok=True)
+    legacy = tmp_path / "scripted.12345.0123abcd.spool"
+    legacy.write_bytes(b"\x01" + len(pickle.dumps(Boom())).to_bytes(4, "little") + b"\0" * 4
+                       + pickle.dumps(Boom()))  # fmt: skip
+    legacy.chmod(0o600)
+    exporter = adopting_exporter(tmp_path)
+    try:
+        assert wait_for(lambda: (tmp_path / f"{legacy.name}.rejected").exists(), timeout=10)
+    finally:
+        exporter.shutdown()
+    assert not Path(MARKER).exists()
+    assert exporter.delivered == []
+    assert "whose format (pickle) is never read" in caplog.text
+
+
+def test_a_file_writable_by_others_is_never_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (path,) = dead_spool(tmp_path, [1])
+    path.chmod(0o666)
+    exporter = adopting_exporter(tmp_path)
+    try:
+        assert wait_for(lambda: "is writable by others" in caplog.text, timeout=10)
+    finally:
+        exporter.shutdown()
+    assert exporter.delivered == []
+    assert path.exists()
+    assert caplog.text.count("is writable by others") == 1
+
+
+def test_the_directory_is_created_0700_and_a_shared_one_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a_spool(tmp_path / "made" / "here")
+    assert stat.S_IMODE((tmp_path / "made" / "here").stat().st_mode) == 0o700
+    assert "spool directory" not in caplog.text
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    a_spool(shared)
+    assert f"spool directory {shared} is this user's, mode 0o777" in caplog.text
+
+
+def test_a_deleted_file_is_noticed_and_what_it_held_is_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = a_spool(tmp_path / "spool")
+    spool.append([1, 2, 3])
+    spool.ack(1)
+    for path in spool_files(tmp_path / "spool"):
+        path.unlink()
+    (tmp_path / "spool").rmdir()
+    spool.maintain()
+    assert [loads_value(item) for item in spooled_payloads(tmp_path / "spool")] == [2, 3]
+    assert caplog.text.count("went away") == 1
+    spool.append([4])
+    spool.ack(3)
+    assert spooled_payloads(tmp_path / "spool") == []
+    spool.close()
+    assert spool_files(tmp_path / "spool") == []
+
+
+def test_one_deleted_file_of_several_is_noticed_and_every_buffered_item_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = a_spool(tmp_path, max_bytes=64_000)
+    spool.append([f"item {n}" * 20 for n in range(100)])
+    spool.ack(10)
+    before = spool_files(tmp_path)
+    assert len(before) >= 3
+    before[0].unlink()
+    spool.maintain()
+    assert [loads_value(item) for item in spooled_payloads(tmp_path)] == [
+        f"item {n}" * 20 for n in range(10, 100)
+    ]
+    assert not set(before) & set(spool_files(tmp_path)), "the old files are replaced"
+    assert caplog.text.count("went away") == 1
+    spool.ack(90)
+    spool.close()
+    assert spool_files(tmp_path) == []

@@ -284,8 +284,6 @@ class Buffer(Generic[Item]):
             return
         try:
             self.spool.ack(spooled, write=write)
-            if self.spool.needs_compaction():
-                self._compact()
         except Exception as exc:
             self.log.log(
                 logging.ERROR,
@@ -294,19 +292,6 @@ class Buffer(Generic[Item]):
                 self.name,
                 self.spool.directory,
                 exc,
-            )
-
-    def _compact(self) -> None:
-        """Rewrites the spool file with the unsettled items; the settled ones
-        behind them are then no longer in it (caller holds the lock)."""
-        assert self.spool is not None
-        settled = self._settled
-        live = [entry for entry in self._entries if entry[SPOOLED] and entry[SEQ] not in settled]
-        self.spool.compact([entry[ITEM] for entry in live])
-        if settled:
-            self._entries = deque(
-                (seq, item, size, 0) if seq in settled else (seq, item, size, spooled)
-                for seq, item, size, spooled in self._entries
             )
 
     def _spool_append(self, items: Sequence[tuple[Item, int]]) -> list[int]:

@@ -25,7 +25,6 @@ everything is kept, and the backoff goes on.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,7 +96,8 @@ class _Tally:
 class Drain(Generic[Item]):
     """Sends a :class:`Buffer`'s items with ``send`` (an exporter's ``_send``)
     and applies what each answer says, until the buffer is empty or a retry
-    must wait past the deadline."""
+    must wait past the deadline. ``pause(seconds)`` waits out a backoff and
+    says whether shutdown interrupted it."""
 
     def __init__(
         self,
@@ -108,7 +108,7 @@ class Drain(Generic[Item]):
         logger: logging.Logger,
         log: RateLimitedLog,
         policy: RetryPolicy,
-        stopping: threading.Event,
+        pause: Callable[[float], bool],
         describe: Callable[[Item], str],
         batch_items: Callable[[], int],
         max_batch_bytes: int,
@@ -119,7 +119,7 @@ class Drain(Generic[Item]):
         self.logger = logger
         self.log = log
         self.policy = policy
-        self.stopping = stopping
+        self.pause = pause
         self.describe = describe
         self.batch_items = batch_items
         self.max_batch_bytes = max_batch_bytes
@@ -168,7 +168,7 @@ class Drain(Generic[Item]):
                 if time.monotonic() + delay > deadline:
                     return
                 time.sleep(delay)
-            elif self.stopping.wait(delay):
+            elif self.pause(delay):
                 return
 
     # -- one send -------------------------------------------------------------

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from opentelemetry.sdk.metrics import (
     Counter,
@@ -39,7 +38,9 @@ from .._logging import LOGGER, RateLimitedLog
 from .._pacing import background, paced, pacing
 from .._records import Record, records_metrics_data
 from .._redact import Secrets
+from .._spool import CHECK_INTERVAL as SPOOL_CHECK_INTERVAL
 from .._spool import Spool
+from .._spool_codecs import dumps_value, loads_value
 from ..environment_variables import FLASK_CHEST_SPOOL_DIR
 from ._buffer import Buffer, DeliveryStats
 from ._drain import Drain
@@ -156,7 +157,10 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             spool_dir = os.environ.get(FLASK_CHEST_SPOOL_DIR) or None
         spool = None
         if spool_dir is not None:
-            spool = Spool(spool_dir, name, self.logger, self._spool_dumps, self._spool_loads)
+            spool = Spool(
+                spool_dir, name, self.logger, self._spool_dumps, self._spool_loads,
+                identity=self._spool_identity, max_bytes=spool_max_bytes,
+            )  # fmt: skip
         self._buffer: Buffer[Item] = Buffer(
             name=name,
             stats=self.stats,
@@ -174,7 +178,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             logger=self.logger,
             log=self._log,
             policy=self.policy,
-            stopping=self._stopping,
+            pause=self._pause,
             describe=self._mask_example,
             batch_items=self._batch_items,
             max_batch_bytes=max_batch_bytes,
@@ -206,13 +210,21 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         the sender thread, after each time it emptied the buffer or waits."""
 
     def _spool_dumps(self, item: Item) -> bytes:
-        """An item as stored in the spool file (pickle by default)."""
-        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        """An item as stored in the spool file: by default tagged JSON of
+        None, bool, int, float, str, bytes, tuples, lists and dicts (see
+        ``_spool_codecs``); override, with ``_spool_loads``, for other items.
+        Never code (no pickle): a spool file is data."""
+        return dumps_value(item)
 
     def _spool_loads(self, data: bytes) -> Item:
-        """The inverse of ``_spool_dumps``."""
-        item: Item = pickle.loads(data)
-        return item
+        """The inverse of ``_spool_dumps``; raises on anything else."""
+        return cast(Item, loads_value(data))
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        """(kind of exporter, chest name, destination): a spool file is
+        adopted only by a chest of the same identity. Exporters add their
+        destination (URL and bucket, file...)."""
+        return f"{type(self).__module__}.{type(self).__qualname__}", self.name, ""
 
     def _mask_example(self, item: Item) -> str:
         """An item as quoted in a log line, e.g. the example of a refused item,
@@ -386,7 +398,6 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         self.stats = DeliveryStats()
         self._buffer.after_fork_in_child(self.stats)
         self._init_thread_state()
-        self._drain.stopping = self._stopping
         if not self._shut_down:
             self._ensure_thread()
 
@@ -418,7 +429,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 timeout = self.flush_interval or None
                 if spooling:
                     timeout = min(timeout or ADOPT_INTERVAL, ADOPT_INTERVAL)
-                self._wake.wait(timeout)
+                self._wait(self._wake, timeout)
                 self._wake.clear()
                 # Half full: send at full speed, as losing nothing comes first.
                 background(paced=self.stats.buffered < self.max_buffer_items // 2)
@@ -433,6 +444,29 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 self._close()
             finally:
                 self._notify_idle()
+
+    def _pause(self, seconds: float) -> bool:
+        """The drain's backoff: True if shutdown interrupted it."""
+        return self._wait(self._stopping, seconds)
+
+    def _wait(self, event: threading.Event, seconds: float | None) -> bool:
+        """``event.wait(seconds)``; while spooling, in slices of at most
+        ``SPOOL_CHECK_INTERVAL`` with the spool's upkeep between them (a
+        lost file, writes a full disk refused)."""
+        spool = self._buffer.spool
+        if spool is None:
+            return event.wait(seconds)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            with self._buffer.lock:
+                spool.maintain()
+            left = SPOOL_CHECK_INTERVAL
+            if deadline is not None:
+                left = min(left, deadline - time.monotonic())
+            if event.wait(max(0.0, left)):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def _notify_idle(self) -> None:
         with self._idle:

@@ -39,6 +39,7 @@ from .._delivery import (
 from .._http import check_url, parse_retry_after, safe_url
 from .._records import Record, by_name
 from .._redact import Secrets, shown_url
+from .._spool_codecs import dumps_line, loads_line
 from ._answers import MAX_MESSAGE, Conflict, conflict_of, judge_refusal, server_message
 from ._line_protocol import (
     LineEncoder,
@@ -259,6 +260,15 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
 
     def _item_size(self, item: bytes) -> int:
         return len(item) + 1
+
+    def _spool_dumps(self, item: bytes) -> bytes:
+        return dumps_line(item)
+
+    def _spool_loads(self, data: bytes) -> bytes:
+        return loads_line(data)
+
+    def _spool_identity(self) -> tuple[str, str, str]:
+        return "influxdb", self.name, self.destination
 
     def _send(self, batch: Sequence[bytes]) -> Settlement:
         """One write of the batch, healing field type conflicts first.
