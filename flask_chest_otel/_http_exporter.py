@@ -34,7 +34,7 @@ from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
 from ._pacing import paced
 from ._records import VERSION, Record, attributes_of
-from ._redact import Secrets
+from ._redact import Secrets, guard_third_party_logs
 from ._spool_codecs import dumps_http_item, loads_http_item
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
@@ -185,6 +185,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         )
         # With what requests adds on its own (``~/.netrc``, a session's auth).
         self._secrets = self._sender.secrets
+        guard_third_party_logs(self._secrets)
         super().__init__(
             name=name,
             logger=logger,

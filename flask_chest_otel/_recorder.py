@@ -26,7 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._delivery import exit_millis_left, shutdown_all
 from ._logging import LOGGER, RateLimitedLog
@@ -42,8 +42,21 @@ from ._records import (
     flat_attributes,
 )
 
-if TYPE_CHECKING:
-    from ._chest import Chest
+
+class Chest(Protocol):
+    """What the recorder needs of a chest (``_chest.Chest`` is one): the
+    recorder hands it records and shuts it down at exit, and knows no more
+    of it (``_chest`` imports this module, not the other way round)."""
+
+    name: str
+    export_interval: float
+
+    @property
+    def collect_interval(self) -> float: ...
+
+    def _receive_records(self, records: Sequence[Record]) -> None: ...
+
+    def shutdown(self, timeout_millis: float = ...) -> None: ...
 
 __all__ = [
     "RECORDER",

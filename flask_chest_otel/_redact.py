@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import traceback
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, unquote_plus, urlsplit
@@ -71,7 +73,7 @@ class Secrets:
     value.
     """
 
-    __slots__ = ("_forms", "_pattern")
+    __slots__ = ("__weakref__", "_forms", "_pattern")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         """``values``: the secrets as given; their forms are derived here."""
@@ -306,3 +308,46 @@ def _forms_of(value: str) -> Iterator[str]:
         text = encoded.decode("ascii")
         yield text
         yield text.rstrip("=")
+
+
+#: Loggers of the libraries we send through, whose DEBUG lines quote what we
+#: send: urllib3 logs each request line with its query (``params``).
+THIRD_PARTY_LOGGERS = ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry")
+
+
+class _ScrubbingFilter(logging.Filter):
+    """Scrubs the secrets of every live exporter from the records of the
+    loggers we do not own (``THIRD_PARTY_LOGGERS``). Called only for records
+    those loggers emit (at DEBUG, only when DEBUG is on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.all: weakref.WeakSet[Secrets] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        every = list(self.all)
+        if not every:
+            return True
+        text = record.getMessage()
+        scrubbed = text
+        for secrets in every:
+            scrubbed = secrets.redact(scrubbed)
+        if scrubbed != text:
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+_FILTER = _ScrubbingFilter()
+
+
+def guard_third_party_logs(secrets: Secrets) -> None:
+    """Keeps ``secrets`` out of the log lines of the libraries an exporter
+    sends through, for as long as ``secrets`` lives."""
+    if not secrets:
+        return
+    if not _FILTER.all:
+        for name in THIRD_PARTY_LOGGERS:
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+    _FILTER.all.add(secrets)

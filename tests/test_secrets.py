@@ -197,3 +197,30 @@ def test_an_influxdb_url_with_a_query_is_refused_without_its_values() -> None:
     with pytest.raises(ValueError, match="must not carry a query") as raised:
         InfluxDBMetricExporter(url=f"http://127.0.0.1:8086?token={TOKEN}", org="o", bucket="b")
     assert not leaked(str(raised.value)), raised.value
+
+
+def test_urllib3s_own_debug_lines_through_a_session_show_no_secret(
+    echo: EchoServer,
+    output: Callable[[], str],
+    exporters: list[MetricExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through a ``requests.Session``, urllib3 logs each request line with
+    its query at DEBUG: the chest's ``params`` values are scrubbed from it
+    too (a filter on urllib3's loggers, for as long as the exporter lives)."""
+    import requests
+
+    # influxdb-client sets "urllib3" to WARNING when an InfluxDB exporter is made.
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+    echo.status = 400
+    exporter = HTTPPayloadMetricExporter(
+        url=f"http://127.0.0.1:{echo.port}/ingest",
+        payload_generator=json_payload,
+        session=requests.Session(),
+        params={"api_key": PARAM_KEY},
+        name="session-writer",
+        **RETRY,
+    )
+    text = deliver_and_stop(exporter, exporters, echo, output)
+    assert "urllib3.connectionpool" in text and "/ingest?api_key=***" in text, text
+    assert not leaked(text), text

@@ -38,7 +38,7 @@ from .._delivery import (
 )
 from .._http import check_url, parse_retry_after, safe_url
 from .._records import Record, by_name
-from .._redact import Secrets, shown_url
+from .._redact import Secrets, guard_third_party_logs, shown_url
 from .._spool_codecs import dumps_line, loads_line
 from ._answers import MAX_MESSAGE, Conflict, conflict_of, judge_refusal, server_message
 from ._line_protocol import (
@@ -210,6 +210,7 @@ class InfluxDBMetricExporter(BufferedExporter[bytes]):
         self._secrets = Secrets.of(
             url=self.url, token=self._token, username=username, password=password, headers=headers
         )
+        guard_third_party_logs(self._secrets)
         self._client_options: dict[str, Any] = {
             "verify_ssl": verify_ssl,
             "ssl_ca_cert": _env(ssl_ca_cert, ENV_SSL_CA_CERT),
