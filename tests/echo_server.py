@@ -20,28 +20,17 @@ from __future__ import annotations
 import base64
 import binascii
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import quote
 
+from .loopback import LoopbackServer, QuietHandler, QuietServer
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+
+class _Server(QuietServer):
     echo: EchoServer
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up at shutdown are part of the tests.
-        pass
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server: _Server
-    timeout = 10
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -76,7 +65,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_GET = do_OPTIONS = _handle
 
 
-class EchoServer:
+class EchoServer(LoopbackServer):
     """The server; use as a context manager or call :meth:`start`/:meth:`stop`.
 
     :param status: the status of every answer (settable later).
@@ -88,15 +77,6 @@ class EchoServer:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.echo = self
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def echoes(self) -> list[str]:
@@ -108,22 +88,3 @@ class EchoServer:
         with self._lock:
             self._echoes.append(echo)
         return echo
-
-    def start(self) -> EchoServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-        self._server.server_close()
-
-    def __enter__(self) -> EchoServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -92,7 +92,6 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, get_args
 
 from opentelemetry.sdk.metrics.export import (
@@ -106,6 +105,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from .loopback import LoopbackServer, QuietHandler, QuietServer
 from .servers import _field_type, parse_line
 
 Mode = Literal[
@@ -147,15 +147,8 @@ class Exchange:
     stored: int
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in two sends: with Nagle's algorithm, each
-    # answer would wait for the client's delayed ACK (40 ms).
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-        pass
 
     def _reply(self, status: int, body: Any) -> None:
         payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -188,12 +181,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"code": "not found", "message": "path not found"})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(QuietServer):
     double: RefusingInflux
 
 
-class RefusingInflux:
+class RefusingInflux(LoopbackServer):
     """The scripted server (see the module's docstring); a context manager.
 
     Args:
@@ -220,21 +212,6 @@ class RefusingInflux:
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.double = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> RefusingInflux:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
     # -- what a test reads ----------------------------------------------------
 
