@@ -95,9 +95,13 @@ class Chest:
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Collects what routes recorded and sends everything now; True when
-        all of it was delivered within the timeout."""
+        all of it was delivered within the timeout: False too when some of
+        it could not be encoded, whether that showed while collecting (a
+        payload generator called per request) or while sending (batched)."""
+        lost_before = self.exporter.stats.lost
         RECORDER.collect()
-        return self.exporter.force_flush(timeout_millis)
+        delivered = self.exporter.force_flush(timeout_millis)
+        return delivered and self.exporter.stats.lost == lost_before
 
     def shutdown(self, timeout_millis: float = 30_000) -> None:
         """Sends what is left (bounded by ``timeout_millis``) and stops. With a

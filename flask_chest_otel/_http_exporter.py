@@ -349,14 +349,18 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         """Asks the endpoint whether it answers pipelined requests (once; again
         later if it could not be reached)."""
         self._pipelining = self._sender.probe_pipelining()
-        if self._pipelining is not None:
+        if self._pipelining:
             self.logger.info(
-                "%s: %s answers pipelined requests: %s",
+                "%s: %s answers pipelined requests: up to %d POSTs at once under load",
                 self.name,
                 self._safe_url,
-                f"up to {self.pipeline} POSTs at once under load"
-                if self._pipelining
-                else "POSTs go one at a time",
+                self.pipeline,
+            )
+        elif self._pipelining is not None:
+            self.logger.info(
+                "%s: %s does not answer pipelined requests: POSTs go one at a time",
+                self.name,
+                self._safe_url,
             )
 
     def _stop_pipelining(self) -> None:

@@ -949,3 +949,48 @@ def test_tuples_follow_tracked_vars_order_when_methods_order_them_differently(
         assert orders == [["a", "b"], ["a", "b"], ["b", "a"], ["b", "a"]]
     finally:
         chest.shutdown(2_000)
+
+
+@pytest.mark.parametrize("per_request", [True, False])
+def test_force_flush_says_false_for_a_request_the_generator_fails_on_in_both_modes(
+    sink: HTTPSink, per_request: bool
+) -> None:
+    """The same generator failure answers the same in both modes: per request
+    it shows while collecting, batched while sending; either way the chest's
+    force_flush() is False, and True again once a flush loses nothing."""
+    from flask import Flask, g
+
+    from flask_chest_otel import FlaskChestCustomWriter, flask_chest
+
+    chest = FlaskChestCustomWriter(
+        name="writer",
+        url=sink.url + "/ingest",
+        payload_generator=generator_failing_on("bad"),
+        per_request=per_request,
+        export_interval=3600,
+        retry_initial=0.01,
+        retry_max=0.05,
+    )
+    ids = iter(["r1", "bad", "r3", "r4"])
+    app = Flask(__name__)
+
+    @app.route("/")
+    @flask_chest(
+        chests=[chest], tracked_vars={"GET": ["transaction"]}, request_id_generator=ids.__next__
+    )
+    def index() -> str:
+        g.transaction = 1
+        return "ok"
+
+    client = app.test_client()
+    try:
+        for _ in range(3):
+            client.get("/")
+        assert chest.force_flush(5_000) is False
+        assert chest.exporter.stats.dropped_encoding == 1
+        client.get("/")
+        assert chest.force_flush(5_000) is True
+        posted = [item[2] for post in sink.posts() for item in post.json().values()]
+        assert sorted(posted) == ["r1", "r3", "r4"]
+    finally:
+        chest.shutdown(1_000)
