@@ -84,7 +84,6 @@ class _Tally:
     poison: int = 0
     poison_reason: str = ""
     poison_example: str = ""
-    unencodable: int = 0
     retry_message: str = ""
     retry_after: float | None = None
     retry: bool = False
@@ -123,8 +122,6 @@ class Drain(Generic[Item]):
         self.describe = describe
         self.batch_items = batch_items
         self.max_batch_bytes = max_batch_bytes
-        #: Sends made so far (for tests and benchmarks: what narrowing costs).
-        self.writes = 0
 
     def run(self, deadline: float | None = None) -> None:
         """Sends batches until the buffer is empty or a retry must wait past
@@ -176,7 +173,6 @@ class Drain(Generic[Item]):
     def _send(self, entries: Sequence[Entry[Item]], tally: _Tally) -> _Pending[Item] | None:
         """Sends ``entries`` as one batch and settles what the answer settles;
         the rest by what is to be done, or None when a retry must wait."""
-        self.writes += 1
         tally.writes += 1
         try:
             settlement = self.send([entry[ITEM] for entry in entries])
@@ -207,7 +203,6 @@ class Drain(Generic[Item]):
                         self.name,
                         settlement.reason(index),
                     )
-                    tally.unencodable += 1
             elif fate is Fate.RETRY:
                 pending.retry.append(entry)
             elif fate is Fate.SUSPECT:
