@@ -336,7 +336,8 @@ class Buffer(Generic[Item]):
             self.stats.buffered = 0
             self.stats.buffered_bytes = 0
             if self.spool is not None:
-                self.spool.close()
+                # Items the disk never took are not kept, whatever their frame.
+                kept -= min(kept, self.spool.close())
         return len(left) - kept, kept
 
     def items(self) -> list[Item]:

@@ -464,12 +464,15 @@ class Spool:
 
     # -- closing and forks ----------------------------------------------------
 
-    def close(self) -> None:
+    def close(self) -> int:
         """Closes the files, keeping those that still hold items (the next
-        process on this directory adopts them), deleting the others."""
+        process on this directory adopts them), deleting the others. Returns
+        how many items it could not write (a full disk, a file gone): they
+        are lost with this process, and logged so."""
         if self._pid != os.getpid():
-            return
+            return 0
         live = bool(self._homes or self._pending)
+        unwritten = 0
         if live:
             self._retry_at = 0.0
             self._write_pending()
@@ -492,6 +495,7 @@ class Spool:
         for _, fd in self._adopted + self._held:
             os.close(fd)  # not deleted: the next process takes them again
         self._adopted, self._held = [], []
+        return unwritten
 
     def after_fork_in_child(self) -> None:
         """The parent keeps its files and locks; the child starts its own.
