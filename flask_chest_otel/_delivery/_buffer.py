@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from .._logging import RateLimitedLog
-from .._pacing import paced, pacing, pause_if_due
+from .._pacing import pacing, pause_if_due
 from .._spool import Spool
 from .settlement import Fate
 
@@ -96,6 +96,11 @@ class Buffer(Generic[Item]):
         self.spool = spool
         self.spool_max_bytes = spool_max_bytes
         self.lock = threading.Lock()
+        #: A spooling add waits for the lock: the sender holding it stops
+        #: pausing (``_pacing``) and cuts its work short (a smaller batch, the
+        #: rest of what it settled left for ``add`` to let go), so that its
+        #: pauses and its share of the GIL never delay a write to the spool.
+        self._spool_waiting = False
         self._reset()
 
     def _reset(self) -> None:
@@ -113,6 +118,7 @@ class Buffer(Generic[Item]):
     def after_fork_in_child(self, stats: DeliveryStats) -> None:
         """The parent sends what it buffered; the child must not send it again."""
         self.lock = threading.Lock()
+        self._spool_waiting = False
         self._reset()
         self.stats = stats
         if self.spool is not None:
@@ -126,7 +132,10 @@ class Buffer(Generic[Item]):
         """Adds (item, size) pairs, oldest first, spooling them; drops the
         oldest beyond the bounds. Returns how many were dropped."""
         dropped = 0
+        if self.spool is not None:
+            self._spool_waiting = True
         with self.lock:
+            self._spool_waiting = False
             spooled = self._spool_append(items)
             seq = self._next_seq
             self._next_seq = seq + len(items)
@@ -187,10 +196,13 @@ class Buffer(Generic[Item]):
         size = 0
         with self.lock:
             settled = self._settled
-            entries: Iterator[Entry[Item]] = iter(self._entries)
-            if pacing():
-                entries = paced(entries)
-            for entry in entries:
+            pause = pacing()
+            for entry in self._entries:
+                if self._spool_waiting:
+                    if batch:
+                        break
+                elif pause:
+                    pause_if_due()
                 if settled and entry[SEQ] in settled:
                     continue
                 if batch and (len(batch) >= limit or size + entry[SIZE] > max_bytes):
@@ -269,6 +281,8 @@ class Buffer(Generic[Item]):
         spooled = 0
         pause = pacing()
         while entries and (entries[0][SEQ] in now or entries[0][SEQ] in settled):
+            if self._spool_waiting:
+                break  # what is left stays settled, for the waiting add to let go
             if pause:
                 pause_if_due()
             seq, _, _, spool_size = entries.popleft()
