@@ -64,6 +64,8 @@ worst: dict[str, float] = defaultdict(float)
 ages: list[float] = []
 cycles: list[tuple[float, float, int, int]] = []  # (waited, took, records, hand-overs)
 collector_ident: list[int] = []
+#: When the spool's writes of the current hand-over were made (unix seconds).
+wrote_at: list[float] = []
 
 
 def on_collector() -> bool:
@@ -103,18 +105,18 @@ def instrument() -> None:
 
     _pacing.time = PacingTime  # type: ignore[assignment]
 
-    # Time inside the buffer lock vs waiting for it.
+    # What the write waits for: the spool's lock (the sender's upkeep and acks).
     real_add = _buffer.Buffer.add
 
     def add(self: _buffer.Buffer[Any], items: Any) -> int:
         if not on_collector():
             return real_add(self, items)
         started = clock()
-        lock = self.lock
+        lock = self.spool_lock
         lock.acquire()
         waited = clock() - started
-        spent["buffer lock wait"] += waited
-        worst["buffer lock wait"] = max(worst["buffer lock wait"], waited)
+        spent["spool lock wait"] += waited
+        worst["spool lock wait"] = max(worst["spool lock wait"], waited)
         lock.release()
         started = clock()
         try:
@@ -125,7 +127,15 @@ def instrument() -> None:
 
     _buffer.Buffer.add = add  # type: ignore[method-assign]
     _spool.Spool.append = timed("spool append (frame + write)", _spool.Spool.append)  # type: ignore[method-assign]
-    _spool.write_some = timed("os.write", _spool.write_some)
+    real_write = timed("os.write", _spool.write_some)
+
+    def write_some(fd: int, data: bytes) -> Any:
+        result = real_write(fd, data)
+        if on_collector():
+            wrote_at.append(time.time())
+        return result
+
+    _spool.write_some = write_some
 
     real_export = _exporter.BufferedExporter.export_records
 
@@ -134,12 +144,14 @@ def instrument() -> None:
             return real_export(self, records)
         oldest = min(record[4] for record in records) / 1e9
         started = clock()
+        wrote_at.clear()
         try:
             return real_export(self, records)
         finally:
             spent["export_records (encode + add)"] += clock() - started
             counts["hand-over"] += 1
-            ages.append(time.time() - oldest)
+            if wrote_at:  # the records' items were written then
+                ages.append(wrote_at[-1] - oldest)
 
     _exporter.BufferedExporter.export_records = export_records  # type: ignore[method-assign]
 

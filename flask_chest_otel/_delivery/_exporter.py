@@ -473,7 +473,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             return event.wait(seconds)
         deadline = None if seconds is None else time.monotonic() + seconds
         while True:
-            with self._buffer.lock:
+            with self._buffer.spool_lock:
                 spool.maintain()
             left = SPOOL_CHECK_INTERVAL
             if deadline is not None:
