@@ -21,7 +21,7 @@ from flask_chest_otel import FlaskChestInfluxDB, _pacing
 from flask_chest_otel._chest import Chest
 from flask_chest_otel._delivery import DELIVERED, BufferedExporter, Settlement, retry
 from flask_chest_otel._recorder import SPOOL_PACED_SECONDS, Record, Recorder
-from flask_chest_otel._spool import Spool
+from flask_chest_otel._spool import Spool, spooled_payloads
 from flask_chest_otel._spool_codecs import dumps_value, loads_value
 from flask_chest_otel.environment_variables import FLASK_CHEST_SPOOL_FSYNC
 
@@ -172,6 +172,26 @@ def test_a_sender_holding_the_buffer_lock_yields_to_a_spool_write(tmp_path: Path
         buffer._spool_waiting = False
         buffer.landed()
         assert [entry[1] for entry in buffer.take(50, 10_000)] == list(range(50))
+    finally:
+        exporter.shutdown(timeout_millis=0)
+
+
+def test_a_spool_write_does_not_wait_for_the_buffer_lock(tmp_path: Path) -> None:
+    """The collector's items reach the file while the sender holds the
+    buffer's lock; only their entries in memory wait for it."""
+    exporter = Received(spool_dir=tmp_path)
+    buffer = exporter._buffer
+    adding = threading.Thread(target=buffer.add, args=([(7, 10), (8, 10)],))
+    try:
+        with buffer.lock:  # as the sender holds it, taking or settling a batch
+            adding.start()
+            deadline = time.monotonic() + 10
+            while not spooled_payloads(tmp_path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert [loads_value(item) for item in spooled_payloads(tmp_path)] == [7, 8]
+            assert len(buffer) == 0  # the entries wait for the lock
+        adding.join(10)
+        assert buffer.items() == [7, 8]
     finally:
         exporter.shutdown(timeout_millis=0)
 
