@@ -34,8 +34,9 @@ class _DefaultInterval(float):
 #: Default seconds between exports: short, because users watch SLIs live;
 #: ``OTEL_METRIC_EXPORT_INTERVAL`` (milliseconds) replaces it when set.
 DEFAULT_EXPORT_INTERVAL: float = _DefaultInterval(2.0)
-#: Seconds between hand-overs to a spooling chest: what a SIGKILL can lose.
-SPOOL_COLLECT_INTERVAL = 0.1
+#: Seconds between collections while a chest spools: with the recorder's
+#: ``SPOOL_PACED_SECONDS``, what bounds the age of what a SIGKILL can lose.
+SPOOL_COLLECT_INTERVAL = 0.05
 
 
 class Chest:
@@ -80,10 +81,15 @@ class Chest:
         exporter._ensure_thread()
 
     @property
+    def spools(self) -> bool:
+        """Whether the exporter writes what it holds to a spool (``spool_dir``)."""
+        return getattr(self.exporter, "spool_dir", None) is not None
+
+    @property
     def collect_interval(self) -> float:
         """Seconds between hand-overs from the recorder: short for a spooling
         chest, so that what only memory holds stays small."""
-        if getattr(self.exporter, "spool_dir", None) is not None:
+        if self.spools:
             return min(self.export_interval, SPOOL_COLLECT_INTERVAL)
         return self.export_interval
 

@@ -35,6 +35,7 @@ from ._pacing import background, pause_if_due, requests_seen
 from ._records import (
     ATTRIBUTES,
     SINK_KEY,
+    TIME_UNIX_NANO,
     VERSION,
     FlatAttributes,
     Record,
@@ -72,6 +73,11 @@ __all__ = [
 #: chests encode it on the same thread); it pauses more often than that, see
 #: ``_pacing``.
 HAND_OVER_SECONDS = 0.001
+#: While a chest spools, a collection pauses for requests (``_pacing``) only
+#: until its oldest record is this old, then hands over at full speed: with
+#: the spooling chests' collect interval (``_chest.SPOOL_COLLECT_INTERVAL``),
+#: what bounds the age of what a SIGKILL loses, at any load.
+SPOOL_PACED_SECONDS = 0.075
 
 
 class Sink:
@@ -94,6 +100,12 @@ class Recorder:
     the registered chests), and early when ``collect_at`` records are waiting,
     so that memory stays bounded under any burst. Past ``max_pending`` the
     oldest records are dropped, counted and logged.
+
+    While a registered chest spools, the collections keep time: each is due
+    ``interval`` after the start of the last (not its end), and pauses for
+    requests only until its oldest record is ``SPOOL_PACED_SECONDS`` old, so
+    that a record reaches the spool within about ``interval`` +
+    ``SPOOL_PACED_SECONDS`` whatever the load (given the CPU).
     """
 
     def __init__(self, max_pending: int = 500_000, collect_at: int = 20_000) -> None:
@@ -151,6 +163,11 @@ class Recorder:
         )
 
     @property
+    def spooling(self) -> bool:
+        """Whether a registered chest spools (its collections keep time)."""
+        return any(getattr(chest, "spools", False) for chest in list(self._chests))
+
+    @property
     def interval(self) -> float:
         intervals = [
             getattr(chest, "collect_interval", chest.export_interval)
@@ -168,17 +185,39 @@ class Recorder:
             self._thread.start()
 
     def _run(self) -> None:
+        due = 0.0
         while True:
-            self._wake.wait(self.interval)
+            spooling = self.spooling
+            if spooling:
+                # Counted from the last collection's start: the time it took
+                # never adds to what waits in memory only.
+                self._wake.wait(max(0.0, due - time.monotonic()))
+            else:
+                self._wake.wait(self.interval)
             self._wake.clear()
+            due = time.monotonic() + self.interval
             # Behind (a burst): collect at full speed, as losing nothing
             # comes before latency.
-            background(paced=len(self._pending) < self.collect_at)
+            background(
+                paced=len(self._pending) < self.collect_at,
+                deadline=self._spool_deadline() if spooling else float("inf"),
+            )
             try:
                 if self.collect():
                     requests_seen(2 * self.interval)
             except Exception:  # never let the collector die
                 LOGGER.exception("flask_chest_otel: collecting measurements failed")
+
+    def _spool_deadline(self) -> float:
+        """When the collection about to start must stop pausing: once its
+        oldest record is ``SPOOL_PACED_SECONDS`` old (``time.perf_counter``)."""
+        try:
+            recorded = self._pending[0][TIME_UNIX_NANO]
+        except IndexError:
+            age = 0.0
+        else:  # clamped: a wall clock step never stretches the bound
+            age = min(max(0.0, (time.time_ns() - recorded) / 1e9), SPOOL_PACED_SECONDS)
+        return time.perf_counter() + SPOOL_PACED_SECONDS - age
 
     def collect(self) -> int:
         """Hands every waiting measurement to its chests' exporters (no I/O

@@ -67,6 +67,11 @@ FLASK_CHEST_SPOOL_DIR = "FLASK_CHEST_SPOOL_DIR"
 """Directory of the on-disk spool of every chest that is not given ``spool_dir=``
 (one file per process and chest; see docs/reliability.md)."""
 
+FLASK_CHEST_SPOOL_FSYNC = "FLASK_CHEST_SPOOL_FSYNC"
+"""When spool files are flushed to the disk, for every chest not given
+``spool_fsync=``: ``never`` (default), ``interval`` (every second) or ``always``
+(after every write; see docs/reliability.md for what each costs)."""
+
 FLASK_CHEST_EXIT_TIMEOUT = "FLASK_CHEST_EXIT_TIMEOUT"
 """Seconds the interpreter's exit may wait for deliveries, all chests together
 (default 5)."""

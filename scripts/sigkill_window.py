@@ -13,7 +13,7 @@ the age of every lost answered request is known: prints, per rate, the
 requests lost and the oldest of them (the loss window), worst of ``--runs``.
 
     .venv/bin/python scripts/sigkill_window.py [--burst 1000] [--runs 3]
-    .venv/bin/python scripts/sigkill_window.py --rates 100,1000,4000 [--runs 3]
+    .venv/bin/python scripts/sigkill_window.py --rates 100,1000,4000 [--runs 3] [--fsync always]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ SERVE = textwrap.dedent(
     """
 )
 
-# argv: URL, spool_dir, rate, seconds, answers file (8 bytes per request).
+# argv: URL, spool_dir, rate, seconds, answers file (8 bytes per request), spool_fsync.
 SERVE_AT_RATE = textwrap.dedent(
     """
     import itertools, mmap, struct, sys, time
@@ -58,7 +58,8 @@ SERVE_AT_RATE = textwrap.dedent(
     from flask_chest_otel import FlaskChestInfluxDB
 
     chest = FlaskChestInfluxDB(name="window", url=sys.argv[1], token="t", org="o", bucket="b",
-                               spool_dir=sys.argv[2], retry_initial=5, retry_max=5)
+                               spool_dir=sys.argv[2], retry_initial=5, retry_max=5,
+                               spool_fsync=sys.argv[6])
     rate, seconds = float(sys.argv[3]), float(sys.argv[4])
     total = int(rate * seconds)
     with open(sys.argv[5], "r+b") as file:
@@ -114,7 +115,9 @@ def lost_after(delay: float, burst: int) -> int:
     return burst - spooled
 
 
-def window_at(rate: float, kill_after: float) -> tuple[int, int, float, float]:
+def window_at(
+    rate: float, kill_after: float, fsync: str = "never"
+) -> tuple[int, int, float, float]:
     """(answered, lost, age of the oldest lost answer in s, rate achieved)."""
     seconds = kill_after + 5
     total = int(rate * seconds)
@@ -125,7 +128,7 @@ def window_at(rate: float, kill_after: float) -> tuple[int, int, float, float]:
             file.truncate(8 * total)
         process = subprocess.Popen(
             [sys.executable, "-c", SERVE_AT_RATE, dead_url(), spool_dir, str(rate),
-             str(seconds), answers_path],
+             str(seconds), answers_path, fsync],
             cwd=REPO, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert process.stdout is not None
@@ -151,10 +154,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rates", help="comma-separated requests per second, e.g. 100,1000,4000")
     parser.add_argument("--kill-after", type=float, default=2.0, help="seconds into the traffic")
+    parser.add_argument("--fsync", default="never", help="the chest's spool_fsync (rate mode)")
     args = parser.parse_args()
     if args.rates:
         for rate in (float(text) for text in args.rates.split(",")):
-            runs = [window_at(rate, args.kill_after) for _ in range(args.runs)]
+            runs = [window_at(rate, args.kill_after, args.fsync) for _ in range(args.runs)]
             worst = max(runs, key=lambda run: run[2])
             print(
                 f"{rate:>6.0f} req/s (achieved {min(run[3] for run in runs):,.0f}-"

@@ -4,13 +4,20 @@ transaction per hand-over, ``synchronous=NORMAL``). Each writes batches of
 encoded items (as the collector hands them every ~100 ms), then removes them
 as a backend would acknowledge them. Prints items per second for both.
 
+``--fsync never,interval,always``: the append-only file under each
+``spool_fsync`` policy instead (writes only; "interval" runs the upkeep after
+each batch, as the exporter's thread would), with the time each ``fsync``
+took and the CPU per item.
+
     .venv/bin/python scripts/spool_throughput.py [--items 200000] [--batch 1000]
+    .venv/bin/python scripts/spool_throughput.py --fsync never,interval,always --batch 100
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sqlite3
 import tempfile
 import time
@@ -46,6 +53,33 @@ def append_file(directory: Path, items: int, batch: int) -> tuple[float, float]:
     return items / written, items / acked
 
 
+def append_file_fsync(
+    directory: Path, items: int, batch: int, policy: str
+) -> tuple[float, float, list[float]]:
+    """(items/s written, CPU microseconds per item, seconds of each fsync)."""
+    syncs: list[float] = []
+
+    def sync(fd: int) -> None:
+        started = time.perf_counter()
+        os.fsync(fd)
+        syncs.append(time.perf_counter() - started)
+
+    spool = Spool(
+        directory, "bench", logging.getLogger("bench"), dumps_line, loads_line,
+        identity=("influxdb", "bench", "http://localhost:8086 bucket 'b'"),
+        max_bytes=1 << 30, fsync=policy, sync=sync,
+    )  # fmt: skip
+    payload = [LINE] * batch
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(items // batch):
+        spool.append(payload)
+        if policy == "interval":
+            spool.maintain()
+    written, cpu = time.perf_counter() - started, time.process_time() - cpu
+    spool.close()
+    return items / written, cpu / items * 1e6, syncs
+
+
 def sqlite_wal(directory: Path, items: int, batch: int) -> tuple[float, float]:
     connection = sqlite3.connect(directory / "bench.sqlite3", isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -72,7 +106,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--fsync", help="comma-separated spool_fsync policies to compare")
     args = parser.parse_args()
+    if args.fsync:
+        for policy in args.fsync.split(","):
+            with tempfile.TemporaryDirectory() as scratch:
+                rate, cpu, syncs = append_file_fsync(Path(scratch), args.items, args.batch, policy)
+            timing = ""
+            if syncs:
+                ordered = sorted(syncs)
+                timing = (
+                    f", {len(syncs)} fsync: median {ordered[len(ordered) // 2] * 1e3:.2f} ms, "
+                    f"max {ordered[-1] * 1e3:.2f} ms"
+                )
+            print(
+                f"fsync={policy:8} batch {args.batch:>5}: write {rate:>10,.0f} items/s, "
+                f"CPU {cpu:5.1f} us/item{timing}"
+            )
+        return
     for name, measure in (("append-only file", append_file), ("SQLite WAL", sqlite_wal)):
         with tempfile.TemporaryDirectory() as directory:
             write, ack = measure(Path(directory), args.items, args.batch)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from .._logging import RateLimitedLog
-from .._pacing import paced, pacing, pause_if_due
+from .._pacing import pacing, pause_if_due
 from .._spool import Spool
 from .settlement import Fate
 
@@ -96,7 +96,22 @@ class Buffer(Generic[Item]):
         self.spool = spool
         self.spool_max_bytes = spool_max_bytes
         self.lock = threading.Lock()
+        self._init_spool_locks()
         self._reset()
+
+    def _init_spool_locks(self) -> None:
+        #: The spool's own lock (taken inside ``lock`` where both are held),
+        #: so that ``add`` writes to the spool without waiting for the
+        #: sender's work under ``lock`` (a batch taken or settled: a thread
+        #: descheduled there held the collector's write back 50-120 ms on a
+        #: loaded 2-core host, scripts/spool_window_breakdown.py).
+        self.spool_lock = threading.Lock()
+        #: One ``add`` at a time: the spool's order is the buffer's.
+        self._add_lock = threading.Lock()
+        #: A spooling add waits for ``lock``: the sender holding it stops
+        #: pausing (``_pacing``) and cuts its work short (a smaller batch, the
+        #: rest of what it settled left for ``add`` to let go).
+        self._spool_waiting = False
 
     def _reset(self) -> None:
         self._entries: deque[Entry[Item]] = deque()
@@ -113,6 +128,7 @@ class Buffer(Generic[Item]):
     def after_fork_in_child(self, stats: DeliveryStats) -> None:
         """The parent sends what it buffered; the child must not send it again."""
         self.lock = threading.Lock()
+        self._init_spool_locks()
         self._reset()
         self.stats = stats
         if self.spool is not None:
@@ -125,30 +141,18 @@ class Buffer(Generic[Item]):
     def add(self, items: Sequence[tuple[Item, int]]) -> int:
         """Adds (item, size) pairs, oldest first, spooling them; drops the
         oldest beyond the bounds. Returns how many were dropped."""
-        dropped = 0
-        with self.lock:
-            spooled = self._spool_append(items)
-            seq = self._next_seq
-            self._next_seq = seq + len(items)
-            self._entries.extend(
-                (number, item, size, spool_size)
-                for number, (item, size), spool_size in zip(
-                    range(seq, seq + len(items)), items, spooled, strict=True
-                )
-            )
-            stats = self.stats
-            stats.buffered += len(items)
-            stats.buffered_bytes += sum(size for _, size in items)
-            spool = self.spool
-            while self._entries and (
-                stats.buffered > self.max_items
-                or stats.buffered_bytes > self.max_bytes
-                or (spool is not None and spool.live_bytes > self.spool_max_bytes)
-            ):
-                if self._drop_oldest():
-                    dropped += 1
-            self._pop_settled(write=True)
-            stats.dropped_buffer_full += dropped
+        with self._add_lock:
+            if self.spool is None:
+                spooled = [0] * len(items)
+            else:
+                # Written first, under the spool's lock only: what the sender
+                # does under ``lock`` never holds the write back.
+                with self.spool_lock:
+                    spooled = self._spool_append(items)
+                self._spool_waiting = True
+            with self.lock:
+                self._spool_waiting = False
+                dropped = self._add_written(items, spooled)
         if dropped:
             self.log.log(
                 logging.WARNING,
@@ -163,13 +167,46 @@ class Buffer(Generic[Item]):
             )
         return dropped
 
+    def _add_written(self, items: Sequence[tuple[Item, int]], spooled: list[int]) -> int:
+        """``add``'s part under ``lock``: the entries (the spool holds them
+        already), the bounds. Returns how many were dropped."""
+        dropped = 0
+        seq = self._next_seq
+        self._next_seq = seq + len(items)
+        self._entries.extend(
+            (number, item, size, spool_size)
+            for number, (item, size), spool_size in zip(
+                range(seq, seq + len(items)), items, spooled, strict=True
+            )
+        )
+        stats = self.stats
+        stats.buffered += len(items)
+        stats.buffered_bytes += sum(size for _, size in items)
+        spool = self.spool
+        while self._entries and (
+            stats.buffered > self.max_items
+            or stats.buffered_bytes > self.max_bytes
+            or (spool is not None and self._spool_bytes() > self.spool_max_bytes)
+        ):
+            if self._drop_oldest():
+                dropped += 1
+        self._pop_settled(write=True)
+        stats.dropped_buffer_full += dropped
+        return dropped
+
+    def _spool_bytes(self) -> int:
+        assert self.spool is not None
+        with self.spool_lock:
+            return self.spool.live_bytes
+
     def _drop_oldest(self) -> bool:
         """Drops the oldest entry (caller holds the lock); True if it was
         unsettled. One the sender holds in a batch is remembered: if the
         backend takes it after all, it is counted as exported instead."""
         seq, _, size, spooled = self._entries.popleft()
         if self.spool is not None and spooled:
-            self.spool.ack(1, write=False)
+            with self.spool_lock:
+                self.spool.ack(1, write=False)
         self._failures.pop(seq, None)
         if seq in self._settled:
             self._settled.discard(seq)
@@ -187,10 +224,13 @@ class Buffer(Generic[Item]):
         size = 0
         with self.lock:
             settled = self._settled
-            entries: Iterator[Entry[Item]] = iter(self._entries)
-            if pacing():
-                entries = paced(entries)
-            for entry in entries:
+            pause = pacing()
+            for entry in self._entries:
+                if self._spool_waiting:
+                    if batch:
+                        break
+                elif pause:
+                    pause_if_due()
                 if settled and entry[SEQ] in settled:
                     continue
                 if batch and (len(batch) >= limit or size + entry[SIZE] > max_bytes):
@@ -269,6 +309,8 @@ class Buffer(Generic[Item]):
         spooled = 0
         pause = pacing()
         while entries and (entries[0][SEQ] in now or entries[0][SEQ] in settled):
+            if self._spool_waiting:
+                break  # what is left stays settled, for the waiting add to let go
             if pause:
                 pause_if_due()
             seq, _, _, spool_size = entries.popleft()
@@ -283,7 +325,8 @@ class Buffer(Generic[Item]):
         if self.spool is None:
             return
         try:
-            self.spool.ack(spooled, write=write)
+            with self.spool_lock:
+                self.spool.ack(spooled, write=write)
         except Exception as exc:
             self.log.log(
                 logging.ERROR,
@@ -295,7 +338,7 @@ class Buffer(Generic[Item]):
             )
 
     def _spool_append(self, items: Sequence[tuple[Item, int]]) -> list[int]:
-        """Writes the items to the spool file (caller holds the lock); a write
+        """Writes the items to the spool file (caller holds ``spool_lock``); a write
         that fails keeps them in memory only, logged."""
         if self.spool is None:
             return [0] * len(items)
@@ -318,12 +361,12 @@ class Buffer(Generic[Item]):
         :meth:`Spool.adopt`); call :meth:`release_adopted` once they are added."""
         if self.spool is None:
             return []
-        with self.lock:
+        with self.spool_lock:
             return self.spool.adopt()
 
     def release_adopted(self) -> None:
         if self.spool is not None:
-            with self.lock:
+            with self.spool_lock:
                 self.spool.release_adopted()
 
     def close(self) -> tuple[int, int]:
@@ -337,7 +380,8 @@ class Buffer(Generic[Item]):
             self.stats.buffered_bytes = 0
             if self.spool is not None:
                 # Items the disk never took are not kept, whatever their frame.
-                kept -= min(kept, self.spool.close())
+                with self.spool_lock:
+                    kept -= min(kept, self.spool.close())
         return len(left) - kept, kept
 
     def items(self) -> list[Item]:

@@ -39,9 +39,9 @@ from .._pacing import background, paced, pacing
 from .._records import Record, records_metrics_data
 from .._redact import Secrets
 from .._spool import CHECK_INTERVAL as SPOOL_CHECK_INTERVAL
-from .._spool import Spool
+from .._spool import FSYNC_POLICIES, Spool
 from .._spool_codecs import dumps_value, loads_value
-from ..environment_variables import FLASK_CHEST_SPOOL_DIR
+from ..environment_variables import FLASK_CHEST_SPOOL_DIR, FLASK_CHEST_SPOOL_FSYNC
 from ._buffer import Buffer, DeliveryStats
 from ._drain import Drain
 from ._exit import LIVE_EXPORTERS
@@ -96,6 +96,11 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             same directory resends what this one could not deliver.
         spool_max_bytes: the spool file's bound (default ``max_buffer_bytes``);
             beyond it the oldest items are dropped and counted.
+        spool_fsync: when the spool files are flushed to the disk: "never"
+            (the default; a SIGKILL loses nothing written, a power cut may),
+            "interval" (every second) or "always" (after every write); default
+            the environment variable ``FLASK_CHEST_SPOOL_FSYNC``, else "never".
+            Costs in docs/reliability.md.
     """
 
     #: The largest batch while the sender is paced (``_pacing``): for an
@@ -124,6 +129,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         preferred_temporality: dict[type, AggregationTemporality] | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int | None = None,
+        spool_fsync: str | None = None,
     ) -> None:
         super().__init__(preferred_temporality=preferred_temporality or dict(DELTA_TEMPORALITY))
         spool_max_bytes = max_buffer_bytes if spool_max_bytes is None else spool_max_bytes
@@ -155,11 +161,20 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         self._shut_down = False
         if spool_dir is None:
             spool_dir = os.environ.get(FLASK_CHEST_SPOOL_DIR) or None
+        fsync_source = "spool_fsync"
+        if spool_fsync is None:
+            fsync_source = f"${FLASK_CHEST_SPOOL_FSYNC}"
+            spool_fsync = os.environ.get(FLASK_CHEST_SPOOL_FSYNC, "").strip().lower() or "never"
+        if spool_fsync not in FSYNC_POLICIES:
+            raise ValueError(
+                f"{name}: {fsync_source} must be one of {', '.join(FSYNC_POLICIES)}, "
+                f"got {spool_fsync!r}"
+            )
         spool = None
         if spool_dir is not None:
             spool = Spool(
                 spool_dir, name, self.logger, self._spool_dumps, self._spool_loads,
-                identity=self._spool_identity, max_bytes=spool_max_bytes,
+                identity=self._spool_identity, max_bytes=spool_max_bytes, fsync=spool_fsync,
             )  # fmt: skip
         self._buffer: Buffer[Item] = Buffer(
             name=name,
@@ -420,8 +435,12 @@ class BufferedExporter(MetricExporter, Generic[Item]):
 
     def _run(self) -> None:
         next_adoption = 0.0
-        spooling = self._buffer.spool is not None
+        spool = self._buffer.spool
+        spooling = spool is not None
         try:
+            if spool is not None:
+                with self._buffer.spool_lock:
+                    spool.prepare()
             while not self._stopping.is_set():
                 if spooling and time.monotonic() >= next_adoption:
                     self._adopt()
@@ -458,7 +477,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             return event.wait(seconds)
         deadline = None if seconds is None else time.monotonic() + seconds
         while True:
-            with self._buffer.lock:
+            with self._buffer.spool_lock:
                 spool.maintain()
             left = SPOOL_CHECK_INTERVAL
             if deadline is not None:

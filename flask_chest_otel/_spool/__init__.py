@@ -11,7 +11,8 @@ whose lock can be taken belongs to a process that is gone: exactly one live
 process of the same chest takes it, resends what it holds and deletes it.
 
 Writes reach the operating system at once (``os.write``, no user-space
-buffer), so SIGKILL loses nothing written; no ``fsync``, so a power cut can.
+buffer), so SIGKILL loses nothing written; a power cut can, unless the
+chest asks for ``fsync`` (``spool_fsync``: never, interval, always).
 A write the disk refuses (full, failing) is cut back to the last whole frame
 and retried; a file or directory that goes away is made again.
 
@@ -29,9 +30,18 @@ from pathlib import Path
 
 from ._files import file_prefix
 from ._frames import Scan, scan
-from ._spool import CHECK_INTERVAL, Spool
+from ._spool import CHECK_INTERVAL, FSYNC_INTERVAL, FSYNC_POLICIES, Spool
 
-__all__ = ["CHECK_INTERVAL", "Scan", "Spool", "file_prefix", "scan", "spooled_payloads"]
+__all__ = [
+    "CHECK_INTERVAL",
+    "FSYNC_INTERVAL",
+    "FSYNC_POLICIES",
+    "Scan",
+    "Spool",
+    "file_prefix",
+    "scan",
+    "spooled_payloads",
+]
 
 _SEGMENT = re.compile(r".+\.[0-9a-f]{10}\.([0-9]+\.[0-9a-f]{8})\.[0-9]{6,}\.spool")
 
