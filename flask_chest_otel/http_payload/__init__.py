@@ -31,10 +31,10 @@ itself) and ``_custom_writer`` (the chest).
 
 from __future__ import annotations
 
+from .._http import parse_retry_after
+from ._chest import FlaskChestCustomWriter
 from ._context_tuple import ContextTuple
-from ._custom_writer import FlaskChestCustomWriter
-from ._http import parse_retry_after
-from ._http_exporter import HTTPPayloadMetricExporter, Payload, PayloadGenerator
+from ._exporter import HTTPPayloadMetricExporter, Payload, PayloadGenerator
 from ._json_payload import json_payload
 
 __all__ = [

@@ -1,0 +1,200 @@
+"""Lanes: up to N POSTs at once, one in flight per lane (per connection).
+
+Why threads and not ``selectors``: ``http.client.HTTPResponse`` reads its
+answer from a blocking file, and parsing with the standard library is the
+point (no hand-written HTTP reader); one non-blocking loop would need a
+parser of its own again. The GIL cost stays low because the calling thread
+(the exporter's sender) is a lane itself: a batch of one POST, the common
+case below saturation, never hands anything to another thread, and helper
+threads are started only when a batch has more POSTs than lanes are busy.
+
+Helper threads are started as the backlog grows and then stay (blocked on a
+condition, no CPU): Python 3.12 cannot start a thread at interpreter exit,
+where the backlog must still go out over every connection. A lane's state
+(its connection) is closed after ``IDLE_SECONDS`` without work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+State = TypeVar("State")
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+#: Seconds a lane's connection stays open without work.
+IDLE_SECONDS = 30.0
+
+
+class _Lane(Generic[State]):
+    __slots__ = ("idle_since", "state")
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.idle_since = time.monotonic()
+
+
+class Lanes(Generic[State]):
+    """Runs a batch of jobs over up to ``size`` lanes, each with a state of
+    its own made by ``new_state`` (a connection) and released by
+    ``close_state``."""
+
+    def __init__(
+        self,
+        size: int,
+        new_state: Callable[[], State],
+        close_state: Callable[[State], None],
+        name: str,
+    ) -> None:
+        self.size = size
+        self._new_state = new_state
+        self._close_state = close_state
+        self._name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: deque[Callable[[State], None]] = deque()
+        self._helpers: list[threading.Thread] = []
+        self._lanes: list[_Lane[State]] = []
+        self._caller: _Lane[State] | None = None
+        self._closed = False
+        #: Whether helper threads can be started (not at interpreter exit on 3.12).
+        self._can_start = True
+
+    @property
+    def helpers(self) -> int:
+        """Helper threads started so far."""
+        return len(self._helpers)
+
+    def run(
+        self,
+        work: Callable[[State, Job], Result],
+        jobs: Sequence[Job],
+        failed: Result,
+        stop: Callable[[Result], bool] | None = None,
+        skipped: Result | None = None,
+    ) -> list[Result]:
+        """``work(state, job)`` for each job, at most ``size`` at once; the
+        result of each, in order. ``failed`` stands for a job whose ``work``
+        raised (a bug: the job is then retried by the caller's policy). Once
+        a result satisfies ``stop``, jobs not yet started are not started:
+        their result is ``skipped``."""
+        results: list[Result] = [failed if skipped is None else skipped] * len(jobs)
+        caller = self._caller_lane()
+        if len(jobs) == 1 or self.size == 1:
+            for index, job in enumerate(jobs):
+                results[index] = result = self._guarded(work, caller.state, job, failed)
+                if stop is not None and stop(result):
+                    break
+            caller.idle_since = time.monotonic()
+            return results
+        left = [len(jobs)]
+        done = threading.Condition(self._lock)
+        queue = self._queue
+
+        def task(index: int, job: Job) -> Callable[[State], None]:
+            def run_on(state: State) -> None:
+                results[index] = result = self._guarded(work, state, job, failed)
+                with self._cond:
+                    left[0] -= 1
+                    if stop is not None and stop(result):
+                        # Only this batch's jobs wait in the queue.
+                        left[0] -= len(queue)
+                        queue.clear()
+                    if not left[0]:
+                        done.notify_all()
+
+            return run_on
+
+        with self._cond:
+            self._queue.extend(task(index, job) for index, job in enumerate(jobs))
+            self._start_helpers(min(len(jobs), self.size) - 1)
+            self._cond.notify_all()
+        while True:
+            with self._cond:
+                if not self._queue:
+                    break
+                next_task = self._queue.popleft()
+            next_task(caller.state)
+        caller.idle_since = time.monotonic()
+        with self._cond:
+            while left[0]:
+                done.wait()
+        return results
+
+    @staticmethod
+    def _guarded(
+        work: Callable[[State, Job], Result], state: State, job: Job, failed: Result
+    ) -> Result:
+        try:
+            return work(state, job)
+        except Exception:  # a bug: must not leave the batch waiting forever
+            return failed
+
+    def _caller_lane(self) -> _Lane[State]:
+        lane = self._caller
+        if lane is None:
+            lane = self._caller = _Lane(self._new_state())
+            with self._cond:
+                self._lanes.append(lane)
+        elif time.monotonic() - lane.idle_since > IDLE_SECONDS:
+            self._close_state(lane.state)
+        return lane
+
+    def _start_helpers(self, wanted: int) -> None:
+        """Starts helper threads up to ``wanted`` (under ``_cond``)."""
+        while self._can_start and not self._closed and len(self._helpers) < wanted:
+            lane = _Lane(self._new_state())
+            thread = threading.Thread(
+                target=self._help,
+                args=(lane,),
+                name=f"flask_chest_otel:{self._name}:lane{len(self._helpers) + 1}",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter exit (3.12+): the lanes there do it all
+                self._can_start = False
+                return
+            self._helpers.append(thread)
+            self._lanes.append(lane)
+
+    def _help(self, lane: _Lane[State]) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._closed:
+                    idle = time.monotonic() - lane.idle_since
+                    if idle >= IDLE_SECONDS:
+                        self._close_state(lane.state)
+                        cond.wait()
+                    else:
+                        cond.wait(IDLE_SECONDS - idle)
+                if self._closed:
+                    return
+                next_task = self._queue.popleft()
+            next_task(lane.state)
+            lane.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        """Closes every lane's state; helper threads end (a later ``run``
+        goes over the calling thread's lane alone)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            lanes = list(self._lanes)
+        for lane in lanes:
+            self._close_state(lane.state)
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: the parent's helper threads do not exist here,
+        and its connections must not be shared; all is made anew."""
+        for lane in self._lanes:
+            self._close_state(lane.state)
+        self._reset()
