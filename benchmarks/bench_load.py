@@ -21,9 +21,10 @@ with an SDK reader), ``flask_chest_0010`` (flask-chest 0.0.10 from PyPI, an
 InfluxDB chest and a custom writer, written in the request), and ours:
 ``sqlite`` (the embedded default), ``batched`` (InfluxDB + custom writer
 posting one payload per export), ``per_request`` (InfluxDB + custom writer
-posting once per request, the sample usage's default: pipelined up to 16
-POSTs at once, as the endpoint answers pipelined requests),
-``per_request_unpipelined`` (the same with ``pipeline=1``: one at a time).
+posting once per request, the sample usage's default: up to 16 POSTs at
+once over as many kept-alive connections),
+``per_request_one_connection`` (the same with ``max_connections=1``: one
+POST at a time).
 
 The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
 ``--influx lean`` to a lean endpoint that keeps the lines (a TSDB on
@@ -66,10 +67,10 @@ from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E4
 
 VARIANTS = [
     "plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request",
-    "per_request_unpipelined",
+    "per_request_one_connection",
 ]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
-DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_unpipelined"}
+DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_one_connection"}
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
 GTHREAD_THREADS = 4
@@ -115,7 +116,7 @@ def app_from_env() -> Flask:
                       success_status_codes=[200, 201], logger=_quiet_logger()),
         ]  # fmt: skip
         view = old_flask_chest(chests=chests, tracked_vars=TRACKED)(view)
-    elif variant in ("sqlite", "batched", "per_request", "per_request_unpipelined"):
+    elif variant in ("sqlite", "batched", "per_request", "per_request_one_connection"):
         from flask_chest_otel import (
             FlaskChestCustomWriter,
             FlaskChestInfluxDB,
@@ -134,7 +135,8 @@ def app_from_env() -> Flask:
                                        payload_generator=cust_payload_generator, verify=False,
                                        success_status_codes=[200, 201],
                                        per_request=variant != "batched",
-                                       pipeline=1 if "unpipelined" in variant else 16),
+                                       max_connections=1 if "one_connection" in variant
+                                       else None),
             ]  # fmt: skip
         view = flask_chest(chests=chests, tracked_vars=TRACKED)(view)
     elif variant != "plain":

@@ -192,7 +192,7 @@ class Transport(ABC):
         self.connect_timeout = timeout[0] if isinstance(timeout, tuple) else float(timeout)
         environ_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self.verify = environ_bundle if verify is True and environ_bundle else verify
-        self.proxies = proxies_for(self.url, proxies)
+        self.proxies = decide_proxies(self.url, proxies, session)
         self.headers = dict(prepared.headers)
         has_type = any(key.lower() == "content-type" for key in self.headers)
         self.json_headers = {} if has_type else {"Content-Type": "application/json"}
@@ -231,10 +231,25 @@ class Transport(ABC):
         """Forgets the parent's connections: the child must not share them."""
 
 
-def proxies_for(url: str, proxies: Mapping[str, str] | None) -> dict[str, str]:
-    """The proxies for ``url``: the environment's (``HTTP_PROXY``,
-    ``NO_PROXY``...), overridden by ``proxies``."""
-    return {**requests.utils.get_environ_proxies(url), **dict(proxies or {})}
+def decide_proxies(
+    url: str, proxies: Mapping[str, str] | None, session: requests.Session | None = None
+) -> dict[str, str]:
+    """The proxies requests would use for ``session.post(url, proxies=...)``
+    (a new ``Session`` if None), decided as ``Session.request`` does: the
+    environment's (``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, with
+    ``proxies["no_proxy"]`` honoured) only if ``session.trust_env``, never
+    over one given; then the session's own ``proxies`` under those given.
+    ``requests.utils.select_proxy(url, ...)`` of the result is the proxy."""
+    chosen = dict(proxies or {})
+    if session is None or session.trust_env:
+        no_proxy = chosen.get("no_proxy")
+        for scheme, proxy in requests.utils.get_environ_proxies(url, no_proxy=no_proxy).items():
+            chosen.setdefault(scheme, proxy)
+    if session is not None:
+        # requests' ``merge_setting``: the session's, then those given; None unsets.
+        merged = {**session.proxies, **chosen}
+        chosen = {key: value for key, value in merged.items() if value is not None}
+    return chosen
 
 
 def make_transport(**settings: Any) -> Transport:
@@ -245,7 +260,7 @@ def make_transport(**settings: Any) -> Transport:
     session = settings.get("session")
     url = settings["url"]
     if session is None and not requests.utils.select_proxy(
-        url, proxies_for(url, settings.get("proxies"))
+        url, decide_proxies(url, settings.get("proxies"))
     ):
         settings.pop("session", None)
         return DirectTransport(**settings)
