@@ -5,6 +5,7 @@ throughput of several connections against an endpoint 50 and 200 ms away."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -307,3 +308,79 @@ def test_the_proxy_is_the_one_requests_would_use(
     expected = requests.utils.select_proxy(url, settings["proxies"])
     decided = requests.utils.select_proxy(url, decide_proxies(url, proxies, session))
     assert decided == expected
+
+
+SIGTERM_SCRIPT = """
+import signal, sys, time
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from flask_chest_otel.autoconfig import HTTPPayloadEnvMetricExporter
+from tests.test_http_endpoint import export, ids
+
+exporter = HTTPPayloadEnvMetricExporter()
+provider = MeterProvider(
+    metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=600_000)]
+)
+signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))  # as a gunicorn worker ends
+for start in range(0, 1000, 100):
+    export(exporter, ids(1000)[start:start + 100])
+print("queued", flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_an_sdk_path_exporter_sends_the_backlog_within_the_exit_budget() -> None:
+    """The entry-point exporter (``opentelemetry-instrument --metrics_exporter
+    http_payload``) in a reader of the SDK, 1,000 payloads queued to an
+    endpoint 45 ms away, then SIGTERM: the SDK's exit hook shuts the reader
+    down with 30 s, longer than a process manager waits; the exporter takes
+    the exit budget (5 s) at most and delivers all, once, over its
+    connections."""
+    with ScriptedEndpoint(lambda stored: Behaviour(delay=0.045)) as end:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT": end.url,
+            "OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR": "tests.test_http_endpoint:request_id_body",
+        }
+        env.pop("FLASK_CHEST_EXIT_TIMEOUT", None)
+        process = subprocess.Popen(
+            [sys.executable, "-c", SIGTERM_SCRIPT], cwd=REPO, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None and process.stdout.readline() == "queued\n"
+            started = time.monotonic()
+            process.send_signal(15)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+        took = time.monotonic() - started
+        counts = end.counts()
+        assert len(counts) == 1000 and set(counts.values()) == {1}, (len(counts), stderr)
+        assert took < DEFAULT_EXIT_TIMEOUT + 1.0, took
+
+
+def test_the_sdks_shutdown_timeout_is_capped_at_the_exit_budget_with_one_error_line(
+    writer: Callable[..., HTTPPayloadMetricExporter], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's reader gives ``shutdown(timeout=30000)``; against an endpoint
+    that does not answer, the exporter stops at the exit budget (1 s here)
+    and says in one ERROR line how many payloads were lost."""
+    from flask_chest_otel._delivery import _exit
+
+    with ScriptedEndpoint(lambda stored: Behaviour(delay=20)) as end:
+        exporter = writer(end.url, timeout=30)
+        export(exporter, ids(40))
+        wait_for(lambda: len(end.stored) >= 16, timeout=5)
+        before = _exit._exit_timeout
+        _exit.set_exit_timeout(1.0)
+        try:
+            started = time.monotonic()
+            exporter.shutdown(timeout=30_000)
+            took = time.monotonic() - started
+        finally:
+            _exit._exit_timeout = before
+        assert took < 2.5, took
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "40 items not delivered" in errors[0], errors

@@ -19,6 +19,7 @@ from .._delivery import (
     BufferedExporter,
     Fate,
     Settlement,
+    exit_timeout,
     refused,
     retry,
     too_large,
@@ -441,6 +442,19 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         if status == 413:
             return too_large(message)
         return refused(message)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Sends what is buffered over every connection within
+        ``timeout_millis``, then stops (see ``BufferedExporter.shutdown``).
+        Called by the OpenTelemetry SDK's reader (``timeout=`` in
+        milliseconds: 30 s at interpreter exit, longer than a process
+        manager's grace period), it takes at most the exit budget
+        (:func:`~flask_chest_otel.set_exit_timeout`, 5 s by default): what
+        is left then stays in the spool, or is counted in one ERROR line."""
+        timeout = kwargs.pop("timeout", None)
+        if timeout is not None:
+            timeout_millis = min(float(timeout), exit_timeout() * 1000)
+        super().shutdown(timeout_millis, **kwargs)
 
     def _close(self) -> None:
         self._transport.close()
