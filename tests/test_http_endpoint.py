@@ -68,14 +68,15 @@ def every_third(kind: str, **behaviour: Any) -> Callable[[Stored], Behaviour]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["ok", "slow", "body204", "chunked", "http10", "close_after"]
+    "kind", ["ok", "slow", "body204", "chunked", "http10", "close_after", "early_hints"]
 )
 def test_an_answer_of_each_shape_stores_each_request_once(
     writer: Callable[..., HTTPPayloadMetricExporter], kind: str
 ) -> None:
     """Slow (a byte every 10 ms), a 204 followed by a body, chunked, HTTP/1.0
-    without a length, ``Connection: close``, on every third request: each
-    request is stored once, and all count as delivered."""
+    without a length, ``Connection: close``, a 103 before the answer, on
+    every third request: each request is stored once, and all count as
+    delivered."""
     with ScriptedEndpoint(every_third(kind, status=204 if kind == "body204" else 200)) as end:
         exporter = writer(end.url, timeout=5)
         export(exporter, ids(30))

@@ -152,9 +152,14 @@ class _Connection:
         """The answer to the POST just written: parsed by ``http.client``;
         the connection is kept only if nothing follows the answer."""
         answer_file = _AnswerFile(sock, deadline)
-        response = http.client.HTTPResponse(answer_file, method="POST")  # type: ignore[arg-type]
         try:
-            response.begin()
+            while True:
+                response = http.client.HTTPResponse(answer_file, method="POST")  # type: ignore[arg-type]
+                response.begin()
+                # ``begin`` skips a 100 Continue only; an interim answer
+                # (103 Early Hints) is not the answer to the POST either.
+                if not 100 <= response.status < 200 or response.status == 101:
+                    break
             body = response.read(EXCERPT)
             drained = len(body)
             # The rest of the body, to keep the connection; not a body that

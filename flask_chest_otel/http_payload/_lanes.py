@@ -5,8 +5,10 @@ answer from a blocking file, and parsing with the standard library is the
 point (no hand-written HTTP reader); one non-blocking loop would need a
 parser of its own again. The GIL cost stays low because the calling thread
 (the exporter's sender) is a lane itself: a batch of one POST, the common
-case below saturation, never hands anything to another thread, and helper
-threads are started only when a batch has more POSTs than lanes are busy.
+case below saturation, never hands anything to another thread; nor does a
+batch the calling thread alone finishes in ``BATCH_SECONDS`` at the
+measured time per POST (an endpoint on the same host). Helper threads take
+the rest of a batch only when round trips make it worth it.
 
 Helper threads are started as the backlog grows and then stay (blocked on a
 condition, no CPU): Python 3.12 cannot start a thread at interpreter exit,
@@ -16,6 +18,7 @@ where the backlog must still go out over every connection. A lane's state
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -28,6 +31,14 @@ Result = TypeVar("Result")
 
 #: Seconds a lane's connection stays open without work.
 IDLE_SECONDS = 30.0
+#: A batch is spread over as many lanes as finish it in about this many
+#: seconds at the measured time per job: against an endpoint that answers
+#: at once (on the same host), a batch stays on the calling thread, as
+#: handing jobs to threads would cost more CPU, and GIL time taken from the
+#: app's requests, than it saves; 50 ms away, it takes every lane.
+BATCH_SECONDS = 0.025
+#: Weight of the last job's time in the running mean.
+SMOOTHING = 0.2
 
 
 class _Lane(Generic[State]):
@@ -54,6 +65,8 @@ class Lanes(Generic[State]):
         self._new_state = new_state
         self._close_state = close_state
         self._name = name
+        #: Running mean of the seconds one job takes (None: none measured).
+        self.job_seconds: float | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -87,7 +100,8 @@ class Lanes(Generic[State]):
         their result is ``skipped``."""
         results: list[Result] = [failed if skipped is None else skipped] * len(jobs)
         caller = self._caller_lane()
-        if len(jobs) == 1 or self.size == 1:
+        lanes = self._lanes_for(len(jobs))
+        if lanes == 1:
             for index, job in enumerate(jobs):
                 results[index] = result = self._guarded(work, caller.state, job, failed)
                 if stop is not None and stop(result):
@@ -114,7 +128,7 @@ class Lanes(Generic[State]):
 
         with self._cond:
             self._queue.extend(task(index, job) for index, job in enumerate(jobs))
-            self._start_helpers(min(len(jobs), self.size) - 1)
+            self._start_helpers(lanes - 1)
             self._cond.notify_all()
         while True:
             with self._cond:
@@ -128,14 +142,27 @@ class Lanes(Generic[State]):
                 done.wait()
         return results
 
-    @staticmethod
+    def _lanes_for(self, jobs: int) -> int:
+        """Lanes for a batch of ``jobs``: enough to finish it in about
+        ``BATCH_SECONDS``; all it can use until a job was timed."""
+        most = min(jobs, self.size)
+        if most <= 1 or self.job_seconds is None:
+            return most
+        return max(1, min(most, math.ceil(jobs * self.job_seconds / BATCH_SECONDS)))
+
     def _guarded(
-        work: Callable[[State, Job], Result], state: State, job: Job, failed: Result
+        self, work: Callable[[State, Job], Result], state: State, job: Job, failed: Result
     ) -> Result:
+        started = time.monotonic()
         try:
-            return work(state, job)
+            result = work(state, job)
         except Exception:  # a bug: must not leave the batch waiting forever
             return failed
+        took = time.monotonic() - started
+        mean = self.job_seconds
+        # Races between lanes lose an update at worst: it is an estimate.
+        self.job_seconds = took if mean is None else mean + SMOOTHING * (took - mean)
+        return result
 
     def _caller_lane(self) -> _Lane[State]:
         lane = self._caller

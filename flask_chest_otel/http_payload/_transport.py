@@ -325,6 +325,7 @@ class RequestsTransport(Transport):
         )
 
     def close(self) -> None:
+        self._lanes.close()
         if self._user_session is None:
             self._session.close()
             self._session = self._new_session()
