@@ -385,3 +385,42 @@ def test_the_sdks_shutdown_timeout_is_capped_at_the_exit_budget_with_one_error_l
         assert took < 2.5, took
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and "40 items not delivered" in errors[0], errors
+
+
+# -- options and the spool ----------------------------------------------------------
+
+
+def test_max_connections_comes_from_the_environment_and_pipeline_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``FLASK_CHEST_HTTP_MAX_CONNECTIONS`` gives the default; a bad value
+    names the variable; ``pipeline=`` is no longer an option (0.x)."""
+    url = "http://127.0.0.1:9/ingest"
+    monkeypatch.setenv("FLASK_CHEST_HTTP_MAX_CONNECTIONS", "3")
+    exporter = HTTPPayloadMetricExporter(url=url, payload_generator=request_id_body)
+    assert exporter.max_connections == 3 and exporter.max_batch_items == 12
+    exporter.shutdown(timeout_millis=100)
+    monkeypatch.setenv("FLASK_CHEST_HTTP_MAX_CONNECTIONS", "many")
+    with pytest.raises(ValueError, match=r"\$FLASK_CHEST_HTTP_MAX_CONNECTIONS"):
+        HTTPPayloadMetricExporter(url=url, payload_generator=request_id_body)
+    monkeypatch.delenv("FLASK_CHEST_HTTP_MAX_CONNECTIONS")
+    with pytest.raises(ValueError, match="max_connections must be an int from 1 to 256"):
+        HTTPPayloadMetricExporter(url=url, payload_generator=request_id_body, max_connections=0)
+    with pytest.raises(TypeError):
+        HTTPPayloadMetricExporter(url=url, payload_generator=request_id_body, pipeline=16)
+
+
+def test_a_payloads_idempotency_key_survives_the_spool() -> None:
+    """The key is written with the payload, so a later process resends it
+    with the same key; a payload spooled before keys gets a new one."""
+    import struct
+
+    from flask_chest_otel._spool_codecs import dumps_http_item, loads_http_item
+    from flask_chest_otel.http_payload import Payload
+
+    payload = Payload(b'{"a": 1}', True, "request r1", 1)
+    loaded = loads_http_item(dumps_http_item(payload), Payload)
+    assert isinstance(loaded, Payload) and loaded.key == payload.key and loaded == payload
+    old = b"P" + struct.pack("<?II", True, 1, 10) + b"request r1" + b'{"a": 1}'
+    legacy = loads_http_item(old, Payload)
+    assert isinstance(legacy, Payload) and legacy == payload and len(legacy.key) == 32
