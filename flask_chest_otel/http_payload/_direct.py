@@ -81,6 +81,7 @@ class DirectTransport(Transport):
         self._lanes: Lanes[_Connection] = Lanes(
             self.max_connections, lambda: _Connection(self), _Connection.close, self.what
         )
+        self._lanes.start()
 
     def _make_ssl_context(self) -> ssl.SSLContext:
         if self.verify is False:
@@ -122,15 +123,18 @@ class _Connection:
     """One kept-alive connection (opened on first use, and again after a
     close), carrying one POST at a time."""
 
-    __slots__ = ("_sock", "_transport")
+    __slots__ = ("_capped", "_sock", "_transport")
 
     def __init__(self, transport: DirectTransport) -> None:
         self._transport = transport
         self._sock: socket.socket | None = None
+        #: The POST under way must end before shutdown's deadline.
+        self._capped = False
 
     def post(self, post: Post, cap: float | None) -> Outcome:
         transport = self._transport
         deadline = time.monotonic() + transport.total_timeout
+        self._capped = cap is not None and cap < deadline
         if cap is not None:
             deadline = min(deadline, cap)
         try:
@@ -183,6 +187,8 @@ class _Connection:
     def _error(self, exc: BaseException) -> SendError:
         transport = self._transport
         if isinstance(exc, TimeoutError):
+            if self._capped:
+                return SendError("no answer before the shutdown deadline", True)
             return SendError(f"no answer within {transport.total_timeout:g} s", True)
         return SendError(reason(exc, transport.secrets.redact), True)
 

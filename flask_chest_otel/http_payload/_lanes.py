@@ -10,10 +10,12 @@ batch the calling thread alone finishes in ``BATCH_SECONDS`` at the
 measured time per POST (an endpoint on the same host). Helper threads take
 the rest of a batch only when round trips make it worth it.
 
-Helper threads are started as the backlog grows and then stay (blocked on a
-condition, no CPU): Python 3.12 cannot start a thread at interpreter exit,
-where the backlog must still go out over every connection. A lane's state
-(its connection) is closed after ``IDLE_SECONDS`` without work.
+Helper threads are started with the transport (``start``) and stay,
+blocked on a condition (no CPU): Python 3.12 cannot start a thread at
+interpreter exit, where a backlog queued just before must still go out over
+every connection. Connections are opened as the backlog grows (a helper
+opens its own on its first job) and closed after ``IDLE_SECONDS`` without
+work.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class Lanes(Generic[State]):
         #: Whether helper threads can be started (not at interpreter exit on 3.12).
         self._can_start = True
 
+    def start(self) -> None:
+        """Starts the helper threads: before they are needed, as a backlog
+        met at interpreter exit (Python 3.12+: no new thread) must still go
+        out over every connection. An idle helper opens no connection and
+        is woken only when a batch wants it."""
+        with self._cond:
+            self._start_helpers(self.size - 1)
+
     @property
     def helpers(self) -> int:
         """Helper threads started so far."""
@@ -128,8 +138,8 @@ class Lanes(Generic[State]):
 
         with self._cond:
             self._queue.extend(task(index, job) for index, job in enumerate(jobs))
-            self._start_helpers(lanes - 1)
-            self._cond.notify_all()
+            self._start_helpers(lanes - 1)  # if ``start`` could not
+            self._cond.notify(lanes - 1)
         while True:
             with self._cond:
                 if not self._queue:
@@ -225,3 +235,4 @@ class Lanes(Generic[State]):
         for lane in self._lanes:
             self._close_state(lane.state)
         self._reset()
+        self.start()

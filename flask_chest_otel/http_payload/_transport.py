@@ -279,6 +279,7 @@ class RequestsTransport(Transport):
         self._lanes: Lanes[None] = Lanes(
             self.max_connections, lambda: None, lambda state: None, self.what
         )
+        self._lanes.start()
 
     def _new_session(self) -> requests.Session:
         if self._user_session is not None:
