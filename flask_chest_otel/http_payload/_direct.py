@@ -81,7 +81,6 @@ class DirectTransport(Transport):
         self._lanes: Lanes[_Connection] = Lanes(
             self.max_connections, lambda: _Connection(self), _Connection.close, self.what
         )
-        self._lanes.start()
 
     def _make_ssl_context(self) -> ssl.SSLContext:
         if self.verify is False:
@@ -111,6 +110,9 @@ class DirectTransport(Transport):
     def helpers(self) -> int:
         """Threads started to carry POSTs beside the sender's own."""
         return self._lanes.helpers
+
+    def start(self) -> None:
+        self._lanes.start()
 
     def close(self) -> None:
         self._lanes.close()

@@ -456,6 +456,11 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             timeout_millis = min(float(timeout), exit_timeout() * 1000)
         super().shutdown(timeout_millis, **kwargs)
 
+    def _ensure_thread(self) -> None:
+        super()._ensure_thread()
+        if self._thread is not None:  # the connections' threads with it
+            self._transport.start()
+
     def _close(self) -> None:
         self._transport.close()
 

@@ -10,7 +10,7 @@ batch the calling thread alone finishes in ``BATCH_SECONDS`` at the
 measured time per POST (an endpoint on the same host). Helper threads take
 the rest of a batch only when round trips make it worth it.
 
-Helper threads are started with the transport (``start``) and stay,
+Helper threads are started with the exporter's sender thread (``start``) and stay,
 blocked on a condition (no CPU): Python 3.12 cannot start a thread at
 interpreter exit, where a backlog queued just before must still go out over
 every connection. Connections are opened as the backlog grows (a helper
@@ -87,6 +87,8 @@ class Lanes(Generic[State]):
         met at interpreter exit (Python 3.12+: no new thread) must still go
         out over every connection. An idle helper opens no connection and
         is woken only when a batch wants it."""
+        if len(self._helpers) >= self.size - 1 or not self._can_start or self._closed:
+            return
         with self._cond:
             self._start_helpers(self.size - 1)
 
@@ -235,4 +237,3 @@ class Lanes(Generic[State]):
         for lane in self._lanes:
             self._close_state(lane.state)
         self._reset()
-        self.start()

@@ -223,6 +223,11 @@ class Transport(ABC):
     ) -> list[Outcome]: ...
 
     @abstractmethod
+    def start(self) -> None:
+        """Starts the threads that carry POSTs beside the caller's (with the
+        exporter's own thread: Python 3.12+ starts none at interpreter exit)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Closes every connection (the transport may still be used)."""
 
@@ -279,7 +284,6 @@ class RequestsTransport(Transport):
         self._lanes: Lanes[None] = Lanes(
             self.max_connections, lambda: None, lambda state: None, self.what
         )
-        self._lanes.start()
 
     def _new_session(self) -> requests.Session:
         if self._user_session is not None:
@@ -324,6 +328,9 @@ class RequestsTransport(Transport):
             response.headers.get("Location"),
             response.content[:EXCERPT],
         )
+
+    def start(self) -> None:
+        self._lanes.start()
 
     def close(self) -> None:
         self._lanes.close()
