@@ -17,9 +17,9 @@ POST (the practical floor), ``requests.Session.post`` (with and without its
 per-call environment look-up), urllib3's pool (what a requests adapter
 sends through), and the per-request writer, once fed ready payloads (its
 send path) and once fed MetricsData (generator, encoding and send: the whole
-per-request path), each with ``pipeline=1`` (one POST at a time, like for
-like with the others) and with its default (pipelined: the sink answers
-its probe).
+per-request path), each with ``max_connections=1`` (one POST at a time,
+like for like with the others) and with its default (16 connections, one
+POST in flight on each).
 """
 
 from __future__ import annotations
@@ -153,9 +153,11 @@ def _cpu_urllib3(url: str, body: bytes, posts: int) -> float:
     return cpu
 
 
-def _cpu_writer(url: str, body: bytes, posts: int, whole_path: bool, pipeline: int) -> float:
+def _cpu_writer(
+    url: str, body: bytes, posts: int, whole_path: bool, connections: int | None
+) -> float:
     exporter = HTTPPayloadMetricExporter(
-        url=url + "/ingest", payload_generator=json_payload, pipeline=pipeline
+        url=url + "/ingest", payload_generator=json_payload, max_connections=connections
     )
     exports = [metrics_for(first, 100) for first in range(0, posts, 100)]
     payload = Payload(body, True, "request bench", 1)
@@ -181,16 +183,16 @@ def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
         ("requests.Session.post", lambda: _cpu_requests(url, body, posts)),
         ("  the same, trust_env=False", lambda: _cpu_requests(url, body, posts, False)),
         ("urllib3 pool urlopen", lambda: _cpu_urllib3(url, body, posts)),
-        # The default pipelines (the sink answers the probe); pipeline=1 is
-        # like for like with the one-at-a-time POSTs above.
-        ("writer, send path, pipeline=1",
-         lambda: _cpu_writer(url, body, posts, whole_path=False, pipeline=1)),
-        ("writer, export + send, pipeline=1",
-         lambda: _cpu_writer(url, body, posts, whole_path=True, pipeline=1)),
-        ("writer, send path, default (pipelined)",
-         lambda: _cpu_writer(url, body, posts, whole_path=False, pipeline=16)),
-        ("writer, export + send, default (pipelined)",
-         lambda: _cpu_writer(url, body, posts, whole_path=True, pipeline=16)),
+        # max_connections=1 is like for like with the one-at-a-time POSTs
+        # above; the default sends up to 16 at once, one per connection.
+        ("writer, send path, 1 connection",
+         lambda: _cpu_writer(url, body, posts, whole_path=False, connections=1)),
+        ("writer, export + send, 1 connection",
+         lambda: _cpu_writer(url, body, posts, whole_path=True, connections=1)),
+        ("writer, send path, default (16)",
+         lambda: _cpu_writer(url, body, posts, whole_path=False, connections=None)),
+        ("writer, export + send, default (16)",
+         lambda: _cpu_writer(url, body, posts, whole_path=True, connections=None)),
     ]
     results: dict[str, list[float]] = {label: [] for label, _ in variants}
     for _ in range(rounds):

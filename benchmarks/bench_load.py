@@ -21,15 +21,24 @@ with an SDK reader), ``flask_chest_0010`` (flask-chest 0.0.10 from PyPI, an
 InfluxDB chest and a custom writer, written in the request), and ours:
 ``sqlite`` (the embedded default), ``batched`` (InfluxDB + custom writer
 posting one payload per export), ``per_request`` (InfluxDB + custom writer
-posting once per request, the sample usage's default: pipelined up to 16
-POSTs at once, as the endpoint answers pipelined requests),
-``per_request_unpipelined`` (the same with ``pipeline=1``: one at a time).
+posting once per request, the sample usage's default: up to 16 POSTs at
+once over as many kept-alive connections),
+``per_request_one_connection`` (the same with ``max_connections=1``: one
+POST at a time).
+
+Pinned by default, so that the backends never count against the app
+(measured fair on 2 cores): gunicorn (master, workers and every thread of
+theirs, the chests' background work included) on CPU 0 with ``taskset``,
+wrk, VictoriaMetrics and this process (the sinks' threads) on CPU 1; it
+says so on stderr. ``--app-cpus``/``--rest-cpus`` choose other CPUs,
+``--no-pin`` shares them all (as the runs before 2026-12 did).
 
 The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
 ``--influx lean`` to a lean endpoint that keeps the lines (a TSDB on
 another machine); the request IDs are read back from either.
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
+        [--app-cpus 0 --rest-cpus 1 | --no-pin]
 """
 
 from __future__ import annotations
@@ -66,10 +75,10 @@ from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E4
 
 VARIANTS = [
     "plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request",
-    "per_request_unpipelined",
+    "per_request_one_connection",
 ]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
-DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_unpipelined"}
+DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_one_connection"}
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
 GTHREAD_THREADS = 4
@@ -115,7 +124,7 @@ def app_from_env() -> Flask:
                       success_status_codes=[200, 201], logger=_quiet_logger()),
         ]  # fmt: skip
         view = old_flask_chest(chests=chests, tracked_vars=TRACKED)(view)
-    elif variant in ("sqlite", "batched", "per_request", "per_request_unpipelined"):
+    elif variant in ("sqlite", "batched", "per_request", "per_request_one_connection"):
         from flask_chest_otel import (
             FlaskChestCustomWriter,
             FlaskChestInfluxDB,
@@ -134,7 +143,8 @@ def app_from_env() -> Flask:
                                        payload_generator=cust_payload_generator, verify=False,
                                        success_status_codes=[200, 201],
                                        per_request=variant != "batched",
-                                       pipeline=1 if "unpipelined" in variant else 16),
+                                       max_connections=1 if "one_connection" in variant
+                                       else None),
             ]  # fmt: skip
         view = flask_chest(chests=chests, tracked_vars=TRACKED)(view)
     elif variant != "plain":
@@ -168,7 +178,8 @@ def gunicorn(
     port = free_port()
     threads = ["--threads", str(GTHREAD_THREADS)] if worker_class == "gthread" else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, *threads,
+        [*_pinned(APP_CPUS), sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class,
+         *threads,
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
          "--chdir", str(directory), app],
         env={**os.environ, **env, "BENCH_VARIANT": variant}, stdout=subprocess.DEVNULL,
@@ -183,6 +194,33 @@ def gunicorn(
         yield url, process.pid
     finally:
         stop_process(process)
+
+
+#: CPUs for gunicorn, and for wrk and the backends; empty: not pinned.
+APP_CPUS: list[int] = []
+REST_CPUS: list[int] = []
+
+
+def _pinned(cpus: list[int]) -> list[str]:
+    """The ``taskset`` prefix running a command on ``cpus`` (none if empty)."""
+    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
+
+
+def pin(app_cpus: list[int], rest_cpus: list[int]) -> str:
+    """Pins this process (and what it starts from now on: VictoriaMetrics,
+    the sinks' threads) to ``rest_cpus``; gunicorn goes to ``app_cpus`` and
+    wrk to ``rest_cpus`` when started. Returns what was done, to print."""
+    available = sorted(os.sched_getaffinity(0))
+    if not app_cpus or not set(app_cpus + rest_cpus) <= set(available) or set(
+        app_cpus
+    ) & set(rest_cpus):
+        return f"bench_load: not pinned (CPUs available: {available})"
+    APP_CPUS[:], REST_CPUS[:] = app_cpus, rest_cpus
+    os.sched_setaffinity(0, rest_cpus)
+    return (
+        f"bench_load: gunicorn pinned to CPU {','.join(map(str, app_cpus))}; wrk, the "
+        f"backends and the sinks to CPU {','.join(map(str, rest_cpus))}"
+    )
 
 
 def _answers(url: str) -> bool:
@@ -233,7 +271,8 @@ def wrk(url: str, seconds: float, delay_ms: float = 0.0) -> dict[str, float]:
             script.write(f"function delay()\n  return {delay_ms:g}\nend\n")
     try:
         out = subprocess.run(
-            ["wrk", "-t1", "-c4", f"-d{seconds:.0f}s", "--latency", "-s", script.name, url],
+            [*_pinned(REST_CPUS), "wrk", "-t1", "-c4", f"-d{seconds:.0f}s", "--latency",
+             "-s", script.name, url],
             capture_output=True, text=True, timeout=seconds + 60, check=True,
         ).stdout  # fmt: skip
     finally:
@@ -488,7 +527,15 @@ def main() -> None:
         "--delay-ms", type=float, default=0.0,
         help="each connection waits this long before each request (below saturation)",
     )  # fmt: skip
+    parser.add_argument("--app-cpus", default="0", help="CPUs for gunicorn (taskset -c)")
+    parser.add_argument("--rest-cpus", default="1", help="CPUs for wrk and the backends")
+    parser.add_argument("--no-pin", action="store_true", help="share every CPU")
     args = parser.parse_args()
+    if args.no_pin:
+        print("bench_load: not pinned (--no-pin)", file=sys.stderr)
+    else:
+        cpus = [[int(cpu) for cpu in text.split(",")] for text in (args.app_cpus, args.rest_cpus)]
+        print(pin(*cpus), file=sys.stderr)
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
     results = run(
         rounds, seconds, args.variants.split(","), args.delay_ms, args.sink, args.worker_class,

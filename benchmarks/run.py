@@ -301,7 +301,9 @@ def load_rows(
         return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
 
     for name, result in results.items():
-        ours = targets and name in ("sqlite", "batched", "per_request", "per_request_unpipelined")
+        ours = targets and name in (
+            "sqlite", "batched", "per_request", "per_request_one_connection"
+        )
         delivered = result.get("delivered")
         complete = delivered is None or all(
             count >= result["served"] for count in delivered.values()

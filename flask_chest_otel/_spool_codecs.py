@@ -26,7 +26,7 @@ import base64
 import json
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry.sdk.metrics import Exemplar
 from opentelemetry.sdk.metrics.export import (
@@ -44,7 +44,8 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from ._context_tuple import ContextTuple
+if TYPE_CHECKING:  # imported where used: the HTTP package imports this module
+    from .http_payload._context_tuple import ContextTuple
 
 T = TypeVar("T")
 
@@ -193,9 +194,13 @@ class PayloadLike(Protocol):
     def label(self) -> str: ...
     @property
     def requests(self) -> int: ...
+    @property
+    def key(self) -> str: ...
 
 
 _PAYLOAD = struct.Struct("<?II")
+#: A payload with its Idempotency-Key ("P": written before keys, given a new one).
+_KEYED = struct.Struct("<?IIB")
 
 
 def dumps_http_item(item: PayloadLike | tuple[tuple[Any, ...], ...]) -> bytes:
@@ -203,8 +208,9 @@ def dumps_http_item(item: PayloadLike | tuple[tuple[Any, ...], ...]) -> bytes:
     if isinstance(item, tuple):
         return b"T" + _json([[_flat_out(value) for value in flat] for flat in item])
     label = item.label.encode("utf-8", "surrogatepass")
-    head = _PAYLOAD.pack(item.is_json, item.requests, len(label))
-    return b"".join((b"P", head, label, bytes(item.body)))
+    key = item.key.encode("ascii")
+    head = _KEYED.pack(item.is_json, item.requests, len(label), len(key))
+    return b"".join((b"K", head, key, label, bytes(item.body)))
 
 
 def _flat_out(value: Any) -> Any:
@@ -212,20 +218,30 @@ def _flat_out(value: Any) -> Any:
 
 
 def loads_http_item(
-    data: bytes, payload: Callable[[bytes, bool, str, int], T]
+    data: bytes, payload: Callable[..., T]
 ) -> T | tuple[tuple[Any, ...], ...]:
+    """The inverse of :func:`dumps_http_item`; ``payload(body, is_json,
+    label, requests[, key=])`` makes the payload."""
     tag = data[:1]
     if tag == b"T":
         flats = _list(json.loads(data[1:]))
         return tuple(tuple(_attribute_value(value) for value in _list(flat)) for flat in flats)
-    if tag != b"P" or len(data) < 1 + _PAYLOAD.size:
+    keyed = tag == b"K"
+    layout = _KEYED if keyed else _PAYLOAD
+    if tag not in (b"K", b"P") or len(data) < 1 + layout.size:
         raise ValueError("not a payload")
-    is_json, requests, length = _PAYLOAD.unpack_from(data, 1)
-    start = 1 + _PAYLOAD.size
+    fields = layout.unpack_from(data, 1)
+    is_json, requests, length = fields[:3]
+    start = 1 + layout.size
+    extra: dict[str, str] = {}
+    if keyed:
+        key_length = fields[3]
+        extra["key"] = data[start : start + key_length].decode("ascii")
+        start += key_length
     if start + length > len(data):
         raise ValueError("a payload's label runs past its end")
     label = data[start : start + length].decode("utf-8", "surrogatepass")
-    return payload(bytes(data[start + length :]), bool(is_json), label, requests)
+    return payload(bytes(data[start + length :]), bool(is_json), label, requests, **extra)
 
 
 # -- users' chests -----------------------------------------------------------------
@@ -242,6 +258,8 @@ def dumps_context_tuples(group: Iterable[ContextTuple]) -> bytes:
 
 
 def loads_context_tuples(data: bytes) -> list[ContextTuple]:
+    from .http_payload._context_tuple import ContextTuple
+
     return [
         ContextTuple(
             _text(row[0]), _atom(row[1]), _optional_text(row[2]), _attributes(row[3]),

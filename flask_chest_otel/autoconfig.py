@@ -171,13 +171,6 @@ def http_payload_settings(environ: Mapping[str, str] | None = None) -> dict[str,
         settings["per_request"] = _boolean(
             per_request, names.OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST
         )
-    pipeline = env.get(names.OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE)
-    if pipeline:
-        variable = names.OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE
-        try:
-            settings["pipeline"] = int(pipeline)
-        except ValueError:
-            raise ValueError(f"${variable}: expected an integer, got {pipeline!r}") from None
     return settings
 
 

@@ -47,9 +47,9 @@ OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR = "OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR"
 OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST = "OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST"
 """``true`` (default): one POST per request; ``false``: one POST per export."""
 
-OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE = "OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE"
-"""Per request, how many POSTs are pipelined on the connection where the
-endpoint answers pipelined requests (1 to 64; default 16; 1: one at a time)."""
+FLASK_CHEST_HTTP_MAX_CONNECTIONS = "FLASK_CHEST_HTTP_MAX_CONNECTIONS"
+"""The HTTP payload writer's ``max_connections`` when not given: at most this
+many POSTs in flight at once, one per connection (1 to 256; default 16)."""
 
 # Read when neither an argument nor an OTEL_ variable gives the setting:
 # influxdb-client's own names (``InfluxDBClient.from_env_properties``), and

@@ -18,9 +18,9 @@ from typing import Any
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
 
 from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
-from ._context_tuple import ContextTuple, context_tuples
 from ._delivery import DELIVERED, BufferedExporter, Fate, Settlement
 from ._spool_codecs import dumps_context_tuples, loads_context_tuples
+from .http_payload._context_tuple import ContextTuple, context_tuples
 
 __all__ = ["FlaskChest", "WriterChest", "writer_chest"]
 

@@ -114,19 +114,12 @@ def test_http_payload_settings_import_the_generator_and_need_an_endpoint() -> No
             "OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR": "flask_chest_otel.signalfx:signalfx_payload",
             "OTEL_EXPORTER_HTTP_PAYLOAD_PER_REQUEST": "false",
             "OTEL_EXPORTER_HTTP_PAYLOAD_TIMEOUT": "1500",
-            "OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE": "1",
         }
     )
     from flask_chest_otel.signalfx import signalfx_payload
 
     assert settings["payload_generator"] is signalfx_payload
     assert (settings["per_request"], settings["timeout"]) == (False, 1.5)
-    assert settings["pipeline"] == 1
-    with pytest.raises(ValueError, match=r"\$OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE: expected an int"):
-        http_payload_settings(
-            {"OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT": "http://x",
-             "OTEL_EXPORTER_HTTP_PAYLOAD_PIPELINE": "many"}
-        )  # fmt: skip
     assert http_payload_settings({"OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT": "http://x"})[
         "payload_generator"
     ] is json_payload

@@ -273,10 +273,11 @@ def test_an_endpoint_answering_after_5_s(
     """The first POST is answered after 5 s. With a 1 s timeout the writer
     gives up and re-sends: the endpoint gets that request twice (delivery is
     at least once). With an 8 s timeout it waits: once. Either way every
-    request arrives, in order, and no request of the app waited."""
+    request arrives, in order (one connection: over several, the others go
+    by meanwhile), and no request of the app waited."""
     sink.script(Reply(delay=5.0))
     ids = Ids(f"slow-{timeout}")
-    chest = writer_chest(chests, sink.url, timeout=timeout)
+    chest = writer_chest(chests, sink.url, timeout=timeout, max_connections=1)
     durations = serve(sample_app([chest], request_id_generator=ids), 5, pause=0.1)
     assert max(durations) < 0.5
     assert chest.force_flush(timeout_millis=15_000)
@@ -388,13 +389,14 @@ def test_429_with_retry_after_is_waited_out_and_loses_nothing(
     sink: HTTPSink, chests: list[Chest], retry_after: str | None, least: float
 ) -> None:
     """Two 429s with Retry-After (seconds, or an HTTP date 2 s ahead): the
-    writer, one POST at a time, waits what the server asked before each
-    retry, then every request arrives once, in order (pipelined, the POSTs
-    behind a 429 go ahead of its retry: test_http_pipeline.py)."""
+    writer, one POST at a time (``max_connections=1``), waits what the
+    server asked before each retry, then every request arrives once, in
+    order (over several connections, the POSTs beside a 429 are taken
+    before its retry: test_http_endpoint.py)."""
     header = retry_after or _http_date(2.0)
     sink.script(*[Reply(429, b"slow down", {"Retry-After": header})] * 2)
     ids = Ids("throttled")
-    chest = writer_chest(chests, sink.url, retry_initial=0.01, retry_max=3.0, pipeline=1)
+    chest = writer_chest(chests, sink.url, retry_initial=0.01, retry_max=3.0, max_connections=1)
     serve(sample_app([chest], request_id_generator=ids), 10)
     assert chest.force_flush(timeout_millis=10_000)
     posts = sink.posts()
@@ -412,22 +414,22 @@ def test_a_503_storm_on_the_http_endpoint_loses_nothing(
 ) -> None:
     """Forty 503s in a row, half with Retry-After: 0, then the endpoint
     recovers: every request arrives once (the 40 refused POSTs plus one per
-    request); one POST at a time, oldest first but for the few items a poison
-    probe sent alone (every fourth round probes the oldest ones: is one of
-    them refused while others pass?)."""
-    for pipeline in (1, 16):
+    request); with one connection, oldest first but for the few items a
+    poison probe sent alone (every fourth round probes the oldest ones: is
+    one of them refused while others pass?)."""
+    for connections in (1, 16):
         sink.script(
             *[Reply(503, b"busy", {"Retry-After": "0"} if i % 2 else {}) for i in range(40)]
         )
-        ids = Ids(f"storm-http-{pipeline}")
+        ids = Ids(f"storm-http-{connections}")
         chest = writer_chest(
-            chests, sink.url, retry_initial=0.01, retry_max=0.05, pipeline=pipeline
+            chests, sink.url, retry_initial=0.01, retry_max=0.05, max_connections=connections
         )
         serve(sample_app([chest], request_id_generator=ids), 30)
         assert chest.force_flush(timeout_millis=15_000)
         posted = [request_id for request_id in posted_ids(sink) if request_id in ids.made]
         assert len(posted) == 40 + 30 and set(posted) == set(ids.made)
-        if pipeline == 1:
+        if connections == 1:
             out_of_order = [
                 n for n, request_id in enumerate(posted[40:]) if request_id != ids.made[n]
             ]

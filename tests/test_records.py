@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
 from flask_chest_otel import flask_chest
-from flask_chest_otel._http_exporter import HTTPPayloadMetricExporter
 from flask_chest_otel._names import (
     ATTR_INDEX,
     ATTR_METHOD,
@@ -34,6 +33,7 @@ from flask_chest_otel._records import (
     flat_attributes,
     records_metrics_data,
 )
+from flask_chest_otel.http_payload._exporter import HTTPPayloadMetricExporter
 from flask_chest_otel.influxdb import InfluxDBMetricExporter
 from flask_chest_otel.sqlite import SQLiteMetricExporter
 from flask_chest_otel.testing import RecordingChest

@@ -28,10 +28,10 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from flask_chest_otel._context_tuple import ContextTuple
 from flask_chest_otel._delivery import BufferedExporter
-from flask_chest_otel._http_exporter import HTTPPayloadMetricExporter, Payload
 from flask_chest_otel._spool_codecs import loads_row, loads_value
+from flask_chest_otel.http_payload._context_tuple import ContextTuple
+from flask_chest_otel.http_payload._exporter import HTTPPayloadMetricExporter, Payload
 from flask_chest_otel.influxdb import InfluxDBMetricExporter
 from flask_chest_otel.otel import OTelExporterAdapter, _PointItem
 from flask_chest_otel.sqlite import SQLiteMetricExporter

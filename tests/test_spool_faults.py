@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from flask_chest_otel._http_exporter import Payload
 from flask_chest_otel._spool import Spool, scan, spooled_payloads
 from flask_chest_otel._spool_codecs import dumps_http_item, loads_http_item
+from flask_chest_otel.http_payload._exporter import Payload
 
 from .conftest import wait_for
 from .http_sink import HTTPSink, Reply

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .._custom_writer import FlaskChestCustomWriter
+from ..http_payload._chest import FlaskChestCustomWriter
 
 __all__ = ["FlaskChestCustomWriter"]

@@ -8,9 +8,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ._chest import DEFAULT_EXPORT_INTERVAL, Chest
-from ._http import safe_url
-from ._http_exporter import HTTPPayloadMetricExporter, PayloadGenerator
+from .._chest import DEFAULT_EXPORT_INTERVAL, Chest
+from .._http import safe_url
+from ._exporter import HTTPPayloadMetricExporter, PayloadGenerator
 
 
 class FlaskChestCustomWriter(Chest):

@@ -5,13 +5,31 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
 
+from .._delivery import (
+    DELIVERED,
+    BufferedExporter,
+    Fate,
+    Settlement,
+    exit_timeout,
+    refused,
+    retry,
+    too_large,
+)
+from .._http import check_url, parse_retry_after, safe_url
+from .._pacing import paced
+from .._records import VERSION, Record, attributes_of
+from .._redact import Secrets, guard_third_party_logs
+from .._spool_codecs import dumps_http_item, loads_http_item
+from ..environment_variables import FLASK_CHEST_HTTP_MAX_CONNECTIONS
 from ._context_tuple import (
     ContextTuple,
     FlatTuple,
@@ -20,22 +38,17 @@ from ._context_tuple import (
     record_flat_groups,
     record_groups,
 )
-from ._delivery import (
-    DELIVERED,
-    BufferedExporter,
-    Fate,
-    Settlement,
-    refused,
-    retry,
-    too_large,
-)
-from ._http import check_url, parse_retry_after, safe_url
-from ._http_sender import EXCERPT, Answer, Sender, SendError, check_headers
 from ._json_payload import serialise
-from ._pacing import paced
-from ._records import VERSION, Record, attributes_of
-from ._redact import Secrets, guard_third_party_logs
-from ._spool_codecs import dumps_http_item, loads_http_item
+from ._transport import (
+    EXCERPT,
+    NOT_SENT,
+    Answer,
+    Outcome,
+    Post,
+    SendError,
+    check_headers,
+    make_transport,
+)
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
 #: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
@@ -49,9 +62,19 @@ MAX_BATCH_REQUESTS = 10_000
 #: ``json.dumps`` holds the GIL throughout, about 1 ms for 500 requests of
 #: two variables, 6 ms for 2,500 (the sample app's share of one export).
 PACED_BATCH_REQUESTS = 500
-#: POSTs written at once per request where the endpoint answers pipelined
-#: requests (``pipeline``).
-DEFAULT_PIPELINE = 16
+#: POSTs in flight at once per request, one per connection: an endpoint
+#: 50 ms away takes 20 POSTs/s per connection, 200 ms away 5/s; 16 carry
+#: 200 requests/s to the first and 50/s to the second with room to spare.
+DEFAULT_MAX_CONNECTIONS = 16
+#: Most connections ``max_connections`` may ask for.
+MAX_CONNECTIONS = 256
+#: Per request, a batch is this many POSTs per connection: enough that the
+#: connections stay busy while the batch's slowest answer is awaited.
+BATCH_PER_CONNECTION = 4
+
+
+def _new_key() -> str:
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +86,9 @@ class Payload:
     #: What the payload holds, for log lines: "request <id>" or "3 requests".
     label: str
     requests: int
+    #: Its ``Idempotency-Key``: random, made with the payload, kept in the
+    #: spool, the same on every retry.
+    key: str = field(default_factory=_new_key, compare=False, repr=False)
 
 
 #: In batched mode an item is one request's tuples (or the tuples of the
@@ -79,8 +105,10 @@ Item = Payload | Tuples
 class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     """A MetricExporter that POSTs user-generated payloads to a URL.
 
-    Sent oldest first by the exporter's own thread, one POST at a time on one
-    keep-alive connection.
+    Sent oldest first from the exporter's own thread, up to
+    ``max_connections`` POSTs at once over kept-alive connections, one in
+    flight on each; each POST carries an ``Idempotency-Key`` header, the
+    same on every retry of that payload.
 
     Args:
         url: where to POST; a malformed URL raises ValueError here.
@@ -98,31 +126,21 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             the GIL, about 1 ms for 500 with the sample generator), at send
             time; a batch refused with 400 is narrowed down to the requests
             the server refuses.
-        pipeline: per request, how many POSTs may be written on the
-            connection before their answers are read (HTTP/1.1 pipelining;
-            1 to 64, default 16; 1: one at a time). Under load it saves
-            most of the per-POST cost (one write and a few reads for the
-            lot). Only where the endpoint, and any proxy before it, proved
-            that it answers pipelined requests: the first time two POSTs
-            are waiting, two ``OPTIONS`` requests are written at once, and
-            both must be answered in order on a connection kept open (see
-            ``Sender.probe_pipelining``); else POSTs go one at a time. Each
-            request's payload is still sent once: on a retry, POSTs the
-            server took behind a refused one are skipped. If the connection
-            fails after answering part of a pipelined batch, the rest is
-            sent again and the exporter sends one at a time from then on,
-            with a warning. Through a proxy or a ``session``, POSTs go one
-            after the other.
+        max_connections: at most this many POSTs in flight at once, one per
+            connection (default 16, or ``FLASK_CHEST_HTTP_MAX_CONNECTIONS``;
+            1 to 256). Connections are opened as the backlog grows and
+            closed after 30 s without work. POSTs are never pipelined.
         headers, params, proxies, verify: as in ``requests.post``; ``verify``
             defaults to True. A header value outside Latin-1, which HTTP
             cannot carry, raises ValueError here, without its value; one with
             a line break makes every POST a logged rejection (never sent).
         session: a ``requests.Session`` to send through (its adapters, auth,
             cookies); by default the exporter sends on its own connection.
-        timeout: seconds, or a ``(connect, read)`` pair; caps a whole send
+        timeout: seconds, or a ``(connect, read)`` pair; caps a whole POST
             (connect, send, wait for and read the answer) at the seconds or
             the pair's sum. Through a proxy or a ``session``, requests
-            applies it to each socket operation instead.
+            applies it to each socket operation instead. A POST that got no
+            answer in time is sent again (with the same ``Idempotency-Key``).
         success_status_codes: statuses that mean delivered (default
             200, 201, 202, 204); redirects are not followed, so a 3xx is a
             failure. 429, 5xx, connection errors and timeouts are retried
@@ -139,7 +157,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         payload_generator: PayloadGenerator,
         name: str | None = None,
         per_request: bool = True,
-        pipeline: int = DEFAULT_PIPELINE,
+        max_connections: int | None = None,
         headers: Mapping[str, str] | None = None,
         params: Any = None,
         proxies: Mapping[str, str] | None = None,
@@ -167,11 +185,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         for code in codes:
             if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 599:
                 raise ValueError(f"{name}: {code!r} in success_status_codes is not an HTTP status")
-        if isinstance(pipeline, bool) or not isinstance(pipeline, int) or not 1 <= pipeline <= 64:
-            raise ValueError(f"{name}: pipeline must be an int from 1 to 64, got {pipeline!r}")
+        max_connections = _max_connections(max_connections, name)
         user_headers, unsendable = check_headers(headers or {}, name)
         raw_headers = {"User-Agent": f"flask_chest_otel/{VERSION}", **user_headers}
-        self._sender = Sender(
+        self._transport = make_transport(
             url=self.url,
             headers=raw_headers,
             params=params,
@@ -182,43 +199,42 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             what=name,
             secrets=Secrets.of(url=self.url, headers=user_headers, params=params),
             unsendable_header=unsendable,
+            max_connections=max_connections,
         )
         # With what requests adds on its own (``~/.netrc``, a session's auth).
-        self._secrets = self._sender.secrets
+        self._secrets = self._transport.secrets
         guard_third_party_logs(self._secrets)
         super().__init__(
             name=name,
             logger=logger,
             flush_interval=flush_interval,
-            # Per request, a batch is the POSTs pipelined together (one
-            # unless ``pipeline``); see ``_send_payloads`` for its retries.
-            max_batch_items=pipeline if per_request else MAX_BATCH_REQUESTS,
+            # Per request, a batch is the POSTs sent at once over the
+            # connections; see ``_send_payloads``.
+            max_batch_items=(
+                max_connections * BATCH_PER_CONNECTION if per_request else MAX_BATCH_REQUESTS
+            ),
             max_buffer_items=max_buffer_items,
             max_buffer_bytes=max_buffer_bytes,
-            timeout=self._sender.total_timeout,
+            timeout=self._transport.total_timeout,
             retry_initial=retry_initial,
             retry_max=retry_max,
             **options,
         )
         self.payload_generator = payload_generator
         self.per_request = per_request
-        self.pipeline = pipeline
-        #: Whether POSTs are pipelined: None until ``probe_pipelining`` answered.
-        self._pipelining: bool | None = None if pipeline > 1 and self._sender.direct else False
+        self.max_connections = max_connections
         if per_request:
-            # A request's POST goes as soon as it is encoded: pipelining
-            # takes what waits then, it does not wait to fill a batch.
+            # A request's POST goes as soon as it is encoded: the
+            # connections take what waits then, not waiting to fill a batch.
             self.send_at_items = 1
         else:
             self.paced_batch_items = PACED_BATCH_REQUESTS
         self.params = params
-        self.proxies = self._sender.proxies or None
+        self.proxies = self._transport.proxies or None
         self.verify = verify
         self.request_timeout = timeout
         self.success_status_codes = frozenset(codes)
-        self._safe_url = self._sender.safe_url
-        has_type = any(key.lower() == "content-type" for key in user_headers)
-        self._json_headers = {} if has_type else {"Content-Type": "application/json"}
+        self._safe_url = self._transport.safe_url
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, url={self._safe_url!r})"
@@ -311,72 +327,37 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         return self._send_payloads(batch)  # type: ignore[arg-type]
 
     def _send_payloads(self, batch: Sequence[Payload]) -> Settlement:
-        """Per request: the batch's POSTs (several pipelined on the
-        connection with ``pipeline``), each judged on its own: taken,
-        refused alone, or retried; those behind a retried one that the
-        server answered are settled by their own answers, never sent again."""
-        if self._pipelining is None and len(batch) > 1:
-            self._probe()
-        window = self.pipeline if self._pipelining else 1
+        """Per request: the batch's POSTs at once over the connections, each
+        judged on its own (taken, refused alone, or retried), in one
+        settlement. One that got no answer, or an answer asking for a
+        retry, is retried alone: the others are settled by their answers."""
+        outcomes = self._transport.post_many(
+            [Post(payload.body, payload.is_json, payload.key) for payload in batch],
+            self._cap(),
+            self._asks_to_wait,
+        )
         verdicts = _Verdicts(len(batch))
-        start = 0
-        while start < len(batch):
-            todo = batch[start : start + window]
-            try:
-                answers = self._sender.post_many(
-                    [(payload.body, self._headers_of(payload)) for payload in todo]
-                )
-            except SendError as exc:
-                failed = self._send_error(exc, todo[0])
-                return verdicts.rest(start, failed)
-            if self._sender.pipeline_broke:
-                self._stop_pipelining()
-                window = 1
-            retry_at: int | None = None
-            for number, (payload, answer) in enumerate(zip(todo, answers, strict=False)):
-                judged = self._judge(answer, payload)
-                if judged.rest is Fate.TOO_LARGE:  # one request's payload: alone too large
-                    judged = refused(judged.message)
-                verdicts.set(start + number, judged)
-                if judged.rest is Fate.RETRY and retry_at is None:
-                    retry_at = start + number
-            start += len(answers)
-            if retry_at is not None:
-                return verdicts.rest(start, verdicts.retry_settlement(retry_at))
+        # Those not sent last: the message is what the server said.
+        order = sorted(range(len(batch)), key=lambda index: outcomes[index] is NOT_SENT)
+        for index in order:
+            judged = self._settle(outcomes[index], batch[index])
+            if judged.rest is Fate.TOO_LARGE:  # one request's payload: alone too large
+                judged = refused(judged.message)
+            verdicts.set(index, judged)
         return verdicts.settlement()
 
-    def _probe(self) -> None:
-        """Asks the endpoint whether it answers pipelined requests (once; again
-        later if it could not be reached)."""
-        self._pipelining = self._sender.probe_pipelining()
-        if self._pipelining:
-            self.logger.info(
-                "%s: %s answers pipelined requests: up to %d POSTs at once under load",
-                self.name,
-                self._safe_url,
-                self.pipeline,
-            )
-        elif self._pipelining is not None:
-            self.logger.info(
-                "%s: %s does not answer pipelined requests: POSTs go one at a time",
-                self.name,
-                self._safe_url,
-            )
+    def _asks_to_wait(self, outcome: Outcome) -> bool:
+        """Whether the rest of a batch should wait for the backoff: the
+        connection failed, or the server asked to retry (429, 5xx)."""
+        if isinstance(outcome, SendError):
+            return outcome.retry
+        status = outcome.status
+        return status not in self.success_status_codes and (status == 429 or status >= 500)
 
-    def _stop_pipelining(self) -> None:
-        """The connection failed after answering part of a pipelined batch:
-        an endpoint (or a proxy before it) that does not answer pipelined
-        POSTs would do that every time, each costing a timeout, so from now
-        on the POSTs go one at a time."""
-        self._sender.pipeline_broke = False
-        if self._pipelining:
-            self._pipelining = False
-            self.logger.warning(
-                "%s: the connection failed after answering part of %d pipelined POSTs; "
-                "sending one POST at a time from now on (pipeline=1)",
-                self.name,
-                self.pipeline,
-            )
+    def _cap(self) -> float | None:
+        """The deadline of every POST while shutting down (None before)."""
+        deadline = self._stop_deadline
+        return None if math.isinf(deadline) else deadline
 
     def _send_batched(self, batch: Sequence[Tuples]) -> Settlement:
         """Batched: one POST for the batch's requests. A 400 makes the batch
@@ -433,18 +414,16 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         return verdicts.settlement()
 
     def _post(self, payload: Payload) -> Settlement:
-        try:
-            answer = self._sender.post(payload.body, self._headers_of(payload))
-        except SendError as exc:
-            return self._send_error(exc, payload)
-        return self._judge(answer, payload)
+        # Batched: the key of a body is its hash, the same on a retry.
+        key = hashlib.sha256(payload.body).hexdigest()[:32]
+        outcome = self._transport.post_many([Post(payload.body, payload.is_json, key)], self._cap())
+        return self._settle(outcome[0], payload)
 
-    def _headers_of(self, payload: Payload) -> Mapping[str, str]:
-        return self._json_headers if payload.is_json else {}
-
-    def _send_error(self, exc: SendError, payload: Payload) -> Settlement:
-        message = f"POST {self._safe_url} ({payload.label}) failed: {exc}"
-        return retry(message) if exc.retry else refused(message)
+    def _settle(self, outcome: Outcome, payload: Payload) -> Settlement:
+        if isinstance(outcome, SendError):
+            message = f"POST {self._safe_url} ({payload.label}) failed: {outcome}"
+            return retry(message) if outcome.retry else refused(message)
+        return self._judge(outcome, payload)
 
     def _judge(self, answer: Answer, payload: Payload) -> Settlement:
         if answer.status in self.success_status_codes:
@@ -465,13 +444,31 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             return too_large(message)
         return refused(message)
 
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Sends what is buffered over every connection within
+        ``timeout_millis``, then stops (see ``BufferedExporter.shutdown``).
+        Called by the OpenTelemetry SDK's reader (``timeout=`` in
+        milliseconds: 30 s at interpreter exit, longer than a process
+        manager's grace period), it takes at most the exit budget
+        (:func:`~flask_chest_otel.set_exit_timeout`, 5 s by default): what
+        is left then stays in the spool, or is counted in one ERROR line."""
+        timeout = kwargs.pop("timeout", None)
+        if timeout is not None:
+            timeout_millis = min(float(timeout), exit_timeout() * 1000)
+        super().shutdown(timeout_millis, **kwargs)
+
+    def _ensure_thread(self) -> None:
+        super()._ensure_thread()
+        if self._thread is not None:  # the connections' threads with it
+            self._transport.start()
+
     def _close(self) -> None:
-        self._sender.close()
+        self._transport.close()
 
     def _after_fork_in_child(self) -> None:
-        # The parent's kept-alive socket must not be shared with the child.
+        # The parent's kept-alive sockets must not be shared with the child.
+        self._transport.after_fork_in_child()
         super()._after_fork_in_child()
-        self._sender.after_fork_in_child()
 
 
 class _Verdicts:
@@ -502,7 +499,8 @@ class _Verdicts:
         if judged.rest is not Fate.DELIVERED or judged.fates:
             self.message = self.message or judged.message
             if judged.retry_after is not None:
-                self.retry_after = judged.retry_after
+                # Several POSTs asked to wait: the longest wait holds for all.
+                self.retry_after = max(self.retry_after or 0.0, judged.retry_after)
 
     def retry_settlement(self, index: int) -> Settlement:
         """The answer that asked to retry item ``index``."""
@@ -527,6 +525,25 @@ class _Verdicts:
             reasons=self.reasons,
             retry_after=self.retry_after,
         )
+
+
+def _max_connections(value: int | None, name: str) -> int:
+    """``max_connections``, else ``FLASK_CHEST_HTTP_MAX_CONNECTIONS``, else 16."""
+    if value is None:
+        text = os.environ.get(FLASK_CHEST_HTTP_MAX_CONNECTIONS, "").strip()
+        if not text:
+            return DEFAULT_MAX_CONNECTIONS
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(
+                f"{name}: ${FLASK_CHEST_HTTP_MAX_CONNECTIONS}: expected an integer, got {text!r}"
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONNECTIONS:
+        raise ValueError(
+            f"{name}: max_connections must be an int from 1 to {MAX_CONNECTIONS}, got {value!r}"
+        )
+    return value
 
 
 def _context_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:

@@ -3,8 +3,9 @@
 ``HTTPPayloadMetricExporter`` turns each export into context tuples
 ``(variable_name, variable_value, request_id)``, calls the user's payload
 generator with them (one call per request by default, as flask-chest did) and
-POSTs each payload on one keep-alive connection, from its own thread, with
-retries. ``FlaskChestCustomWriter`` is the chest built on it.
+POSTs each payload from its own thread, up to ``max_connections`` at once
+over kept-alive connections, each with an ``Idempotency-Key``, with retries.
+``FlaskChestCustomWriter`` is the chest built on it.
 
 What the generator receives:
 
@@ -25,16 +26,19 @@ a plain tuple and serialises to a JSON list) that also carries
 
 The parts live in private modules: ``_context_tuple`` (the tuple type and
 MetricsData -> tuples), ``_json_payload`` (the JSON generator and how a
-result becomes a body), ``_http_exporter``, ``_http_sender`` (the POST
-itself) and ``_custom_writer`` (the chest).
+result becomes a body), ``_exporter`` (payloads and their settlements),
+``_transport`` (the transport interface, proxies, the ``requests``
+transport), ``_direct`` (our own connections, answers parsed by
+``http.client``), ``_lanes`` (several POSTs at once) and ``_chest`` (the
+chest).
 """
 
 from __future__ import annotations
 
+from .._http import parse_retry_after
+from ._chest import FlaskChestCustomWriter
 from ._context_tuple import ContextTuple
-from ._custom_writer import FlaskChestCustomWriter
-from ._http import parse_retry_after
-from ._http_exporter import HTTPPayloadMetricExporter, Payload, PayloadGenerator
+from ._exporter import HTTPPayloadMetricExporter, Payload, PayloadGenerator
 from ._json_payload import json_payload
 
 __all__ = [

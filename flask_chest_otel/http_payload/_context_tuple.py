@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
-from ._names import (
+from .._names import (
     ATTR_INDEX,
     ATTR_METHOD,
     ATTR_REQUEST_ID,
@@ -31,8 +31,8 @@ from ._names import (
     ATTR_TIME,
     SCOPE_NAME,
 )
-from ._pacing import paced
-from ._records import (
+from .._pacing import paced
+from .._records import (
     TAGS,
     TIME_UNIX_NANO,
     VALUE,
@@ -44,7 +44,7 @@ from ._records import (
     record_point,
     trace_of,
 )
-from ._trace import point_trace
+from .._trace import point_trace
 
 T = TypeVar("T")
 #: See ``flat_tuple``.
