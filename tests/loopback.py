@@ -45,11 +45,12 @@ class LoopbackServer:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self) -> Any:
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+        return self
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -58,8 +59,7 @@ class LoopbackServer:
         self._server.server_close()
 
     def __enter__(self) -> Any:
-        self.start()
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

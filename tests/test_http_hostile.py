@@ -367,6 +367,8 @@ class TricklingServer:
                 connection, _ = self._listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # closed by close() while accepting
+                return
             threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
 
     def _trickle(self, connection: socket.socket) -> None:
