@@ -436,17 +436,16 @@ class BufferedExporter(MetricExporter, Generic[Item]):
     def _run(self) -> None:
         next_adoption = 0.0
         spool = self._buffer.spool
-        spooling = spool is not None
         try:
             if spool is not None:
                 with self._buffer.spool_lock:
                     spool.prepare()
             while not self._stopping.is_set():
-                if spooling and time.monotonic() >= next_adoption:
+                if spool is not None and time.monotonic() >= next_adoption:
                     self._adopt()
                     next_adoption = time.monotonic() + ADOPT_INTERVAL
                 timeout = self.flush_interval or None
-                if spooling:
+                if spool is not None:
                     timeout = min(timeout or ADOPT_INTERVAL, ADOPT_INTERVAL)
                 self._wait(self._wake, timeout)
                 self._wake.clear()
