@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from flask import Flask, Response, abort, g, jsonify, redirect, request
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
 
 from flask_chest_otel import FlaskChestCustomWriter, FlaskChestOTel, FlaskChestSQLite, flask_chest
 from flask_chest_otel._chest import Chest
@@ -28,6 +27,7 @@ from flask_chest_otel.testing import RecordingChest, capture_measurements
 from .conftest import read_rows, wait_for
 from .http_sink import HTTPSink
 from .servers import InfluxDB1, VictoriaMetrics
+from .test_otel_chest import KeepingExporter
 
 
 @pytest.fixture(autouse=True)
@@ -483,28 +483,8 @@ def test_signalfx_datapoints_have_status_code_and_tag_dimensions(
     }  # fmt: skip
 
 
-class _KeepingExporter(MetricExporter):
-    """An OpenTelemetry exporter that keeps what it is given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.exported: list[MetricsData] = []
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        self.exported.append(metrics_data)
-        return MetricExportResult.SUCCESS
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return True
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        pass
-
-
 def test_otel_points_carry_http_response_status_code_and_tags(chests: list[Chest]) -> None:
-    exporter = _KeepingExporter()
+    exporter = KeepingExporter()
     chest = FlaskChestOTel(exporter)
     chests.append(chest)
     _shop_app([chest]).test_client().post("/orders?tenant=acme")
