@@ -191,10 +191,7 @@ class Drain(Generic[Item]):
                 if fate is Fate.DELIVERED:
                     pending.delivered += 1
                 elif fate is Fate.REFUSED:
-                    if not tally.refused:
-                        tally.refused_reason = settlement.reason(index)
-                        tally.refused_example = self.describe(entry[ITEM])
-                    tally.refused += 1
+                    self._count_refused(tally, entry, 1, settlement.reason(index))
                 else:
                     self.log.log(
                         logging.ERROR,
@@ -231,11 +228,16 @@ class Drain(Generic[Item]):
         live = self.buffer.unsettled(entries)
         if not live:
             return
+        self._count_refused(tally, live[0], len(live), reason)
+        self.buffer.settle([(entry, Fate.REFUSED) for entry in live])
+
+    def _count_refused(self, tally: _Tally, first: Entry[Item], count: int, reason: str) -> None:
+        """Counts refusals for the round's log line, whose reason and example
+        are the round's first."""
         if not tally.refused:
             tally.refused_reason = reason
-            tally.refused_example = self.describe(live[0][ITEM])
-        tally.refused += len(live)
-        self.buffer.settle([(entry, Fate.REFUSED) for entry in live])
+            tally.refused_example = self.describe(first[ITEM])
+        tally.refused += count
 
     # -- narrowing ------------------------------------------------------------
 

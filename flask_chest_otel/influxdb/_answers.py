@@ -66,12 +66,18 @@ def server_message(body: Any, redact: Redact = _same) -> str:
     (JSON escapes may hide a secret from a scrub of the raw body), then cut
     at :data:`MAX_MESSAGE`."""
     text = _decoded(body)
-    document = _json(text)
+    return _cut(redact(_message_of(_json(text), text)))
+
+
+def _message_of(document: Any, text: str) -> str:
+    """The whole message of a decoded body (``document``) or its ``text``."""
     if isinstance(document, dict):
-        text = redact(str(document.get("message") or document.get("error") or text))
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "..."
+        return str(document.get("message") or document.get("error") or text)
     return text
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
 
 
 def conflict_of(message: str) -> Conflict | None:
@@ -95,10 +101,8 @@ def judge_refusal(
     partial = _influxdb3_partial(document, lines, redact)
     if partial is not None:
         return _named(partial, Fate.DELIVERED, message)
-    said = server_message(body, redact)
-    full = str(document.get("message") or document.get("error") or "") if isinstance(
-        document, dict
-    ) else text
+    full = _message_of(document, text)
+    said = _cut(redact(full))
     if _ENCOUNTERED in full:
         numbers = _LINE_NUMBERS.findall(full.split(_ENCOUNTERED, 1)[1])
         named = {int(number) - 1: said for number in numbers if 0 < int(number) <= len(lines)}
