@@ -41,9 +41,10 @@ class Behaviour:
     "headers120" (a 200 with 120 header lines), "chunked", "http10" (HTTP/1.0
     without a length, then a close), "close_after" (a 200 with
     ``Connection: close``, then a close), "early_hints" (a 103, then the
-    answer). A body longer than the endpoint's
-    ``refuse_larger_than`` gets a 413 after the head, before the body is
-    read, then a close (as a proxy's body limit does); it is not stored.
+    answer), "cut" (the head of "ok", then half its body and a close). A
+    body longer than the endpoint's ``refuse_larger_than`` gets a 413 after
+    the head, before the body is read, then a close (as a proxy's body
+    limit does); it is not stored.
     """
 
     kind: str = "ok"
@@ -170,6 +171,9 @@ class ScriptedEndpoint:
                 sock.sendall(bytes([byte]))
                 time.sleep(behaviour.dribble)
         elif kind == "close":
+            return False
+        elif kind == "cut":
+            sock.sendall(ok[:-1])
             return False
         elif kind == "early_hints":
             sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n" + ok)

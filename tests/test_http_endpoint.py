@@ -117,6 +117,27 @@ def test_an_endpoint_closing_without_an_answer_gets_that_post_again_with_its_key
         assert keys[0] and keys[0] == keys[1]
 
 
+def test_a_known_head_with_its_body_cut_short_is_sent_again_with_its_key(
+    writer: Callable[..., HTTPPayloadMetricExporter],
+) -> None:
+    """Every third answer has the very head of the others (which the writer
+    no longer parses anew, ``_direct._KnownHeads``), then half its body and
+    a close: that POST got no whole answer, so it goes again with the same
+    ``Idempotency-Key``, once; the others are stored once."""
+    with ScriptedEndpoint(every_third("cut")) as end:
+        exporter = writer(end.url, max_connections=1)
+        export(exporter, ids(12))
+        assert exporter.force_flush(10_000)
+        counts = end.counts()
+        assert sorted(counts) == sorted(request_id.encode() for request_id in ids(12))
+        repeated = [body for body, count in counts.items() if count > 1]
+        assert repeated and all(counts[body] <= 3 for body in repeated), counts
+        for body in repeated:
+            keys = end.keys_of(body)
+            assert keys[0] and len(set(keys)) == 1
+        assert exporter.stats.exported == 12 and exporter.stats.dropped == 0
+
+
 def test_every_post_carries_its_own_idempotency_key(
     writer: Callable[..., HTTPPayloadMetricExporter],
 ) -> None:
