@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real servers the integration tests start (Debian packages):
-# VictoriaMetrics (InfluxDB v2 write API) and InfluxDB 1.6 (v1 API); with
-# --bench also the load generator wrk.
+# VictoriaMetrics (InfluxDB v2 write API), InfluxDB 1.6 (v1 API) and the
+# forward proxy tinyproxy (the custom writer's proxy tests); with --bench also
+# the load generator wrk.
 set -euo pipefail
 need=()
 if [ "${1:-}" = "--bench" ]; then
@@ -9,6 +10,7 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -19,7 +19,7 @@ from flask_chest_otel._chest import Chest
 from flask_chest_otel.http_payload import HTTPPayloadMetricExporter
 
 from .http_sink import HTTPSink
-from .servers import InfluxDB1, VictoriaMetrics, influxdb1, victoria_metrics
+from .servers import InfluxDB1, TinyProxy, VictoriaMetrics, influxdb1, tinyproxy, victoria_metrics
 
 # CI explores the same examples on every run and never replays a failure
 # saved by an earlier run: its result depends on the commit alone. Locally
@@ -121,6 +121,21 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
 def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
     """A real InfluxDB 1.6 for the module (the real line-protocol parser)."""
     with influxdb1(tmp_path_factory.mktemp("influxd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """A real forward proxy (tinyproxy) for the session, Via ``proxy``,
+    reaching servers from 127.0.0.2."""
+    with tinyproxy(tmp_path_factory.mktemp("proxy"), "proxy", "127.0.0.2") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def other_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyProxy]:
+    """A second tinyproxy, Via ``other-proxy``, reaching servers from 127.0.0.3."""
+    with tinyproxy(tmp_path_factory.mktemp("other-proxy"), "other-proxy", "127.0.0.3") as server:
         yield server
 
 

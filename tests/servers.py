@@ -1,7 +1,7 @@
 """Servers the tests run against: real VictoriaMetrics and InfluxDB 1.6
-processes on free loopback ports with throw-away data directories, and a
-strict test double of the InfluxDB 2.x write API for the status codes those
-real servers cannot produce.
+processes on free loopback ports with throw-away data directories, a real
+forward proxy (tinyproxy), and a strict test double of the InfluxDB 2.x write
+API for the status codes those real servers cannot produce.
 
 A missing server binary raises ``MissingServer`` (a test error, never a skip):
 CI must fail when a real-server test cannot run.
@@ -67,7 +67,10 @@ def http(
         return error.code, error.read()
 
 
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+def _wait_until(
+    answers: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, what: str, where: str
+) -> None:
+    """Polls ``answers`` (an OSError counts as no) for 30 s while ``process`` runs."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -75,14 +78,17 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, what: 
                 f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}"
             )
         try:
-            status, _ = http("GET", url, timeout=1)
-            if status < 300:
+            if answers():
                 return
         except OSError:
             pass
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"{what} did not answer {url} within 30 s: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"{what} did not answer {where} within 30 s: {log.read_text()[-2000:]}")
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    _wait_until(lambda: http("GET", url, timeout=1)[0] < 300, process, log, what, url)
 
 
 def stop_process(process: subprocess.Popen[Any]) -> None:
@@ -297,6 +303,76 @@ def influxdb1(root: Path, auth: tuple[str, str] | None = None) -> Iterator[Influ
             status, answer = http("POST", f"{url}/query", body)
             assert status == 200, answer
         yield server
+    finally:
+        stop_process(process)
+
+
+# -- tinyproxy (a forward HTTP proxy) ------------------------------------------
+
+_TINYPROXY_CONFIG = """\
+Port {port}
+Listen 127.0.0.1
+Bind {outgoing}
+Timeout 10
+MaxClients 100
+Allow 127.0.0.1
+ViaProxyName "{name}"
+LogFile "{log}"
+LogLevel Connect
+"""
+
+#: tinyproxy's log line for each request it takes (CONNECT included).
+_TINYPROXY_REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
+
+
+class TinyProxy:
+    """A running tinyproxy. What it forwards carries ``Via: 1.1 <name>
+    (tinyproxy/...)`` and reaches the server from ``outgoing`` (a loopback
+    address of its own), a tunnel's (CONNECT's) POSTs too: a server tells a
+    POST it got through this proxy by the peer address."""
+
+    def __init__(self, url: str, name: str, outgoing: str, log: Path) -> None:
+        self.url = url
+        self.name = name
+        self.outgoing = outgoing
+        self.log = log
+
+    def requests_for(self, port: int) -> list[tuple[str, str]]:
+        """(method, target) of each request the proxy took for 127.0.0.1:``port``."""
+        found = _TINYPROXY_REQUEST.findall(self.log.read_text(errors="replace"))
+        host = f"127.0.0.1:{port}"
+        return [
+            (method, target)
+            for method, target in found
+            if target == host or urllib.parse.urlsplit(target).netloc == host
+        ]
+
+
+def _accepts(port: int) -> bool:
+    """Whether a loopback connection to ``port`` is taken (else an OSError)."""
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
+
+
+@contextmanager
+def tinyproxy(root: Path, name: str, outgoing: str) -> Iterator[TinyProxy]:
+    """Starts tinyproxy on a free loopback port (config and log under
+    ``root``), taking clients from 127.0.0.1 only and connecting to servers
+    from the loopback address ``outgoing`` (127.0.0.2, ...), as Via ``name``."""
+    binary = require_binary("tinyproxy", "tinyproxy")
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log, config = root / "tinyproxy.log", root / "tinyproxy.conf"
+    log.touch()
+    config.write_text(_TINYPROXY_CONFIG.format(port=port, outgoing=outgoing, name=name, log=log))
+    with (root / "tinyproxy.out").open("wb") as out:
+        # -d: in the foreground, so that stop_process ends it.
+        process = subprocess.Popen(
+            [binary, "-d", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_until(lambda: _accepts(port), process, log, "tinyproxy", f"on port {port}")
+        yield TinyProxy(f"http://127.0.0.1:{port}", name, outgoing, log)
     finally:
         stop_process(process)
 

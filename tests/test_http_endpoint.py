@@ -281,57 +281,6 @@ def test_a_thousand_payloads_queued_at_exit_are_all_delivered_within_the_exit_bu
         assert took < DEFAULT_EXIT_TIMEOUT + 3.0  # interpreter start-up and import on top
 
 
-# -- proxies ----------------------------------------------------------------------
-
-
-PROXY_CASES = [
-    # (environment, proxies=, session: None / "trust" / "no-trust" / "own-proxies")
-    ({"HTTP_PROXY": "http://envproxy:3128"}, None, None),
-    ({"HTTP_PROXY": "http://envproxy:3128", "NO_PROXY": "ingest.example"}, None, None),
-    ({"HTTP_PROXY": "http://envproxy:3128"}, {"no_proxy": "ingest.example"}, None),
-    ({"HTTP_PROXY": "http://envproxy:3128"}, {"no_proxy": "ingest.example"}, "trust"),
-    ({"HTTP_PROXY": "http://envproxy:3128"}, None, "no-trust"),
-    ({}, {"http": "http://given:8080"}, "no-trust"),
-    ({"HTTP_PROXY": "http://envproxy:3128"}, {"http": "http://given:8080"}, None),
-    ({"ALL_PROXY": "http://allproxy:1080"}, None, None),
-    ({"HTTP_PROXY": "http://envproxy:3128"}, None, "own-proxies"),
-    ({}, {"http://ingest.example": "http://hostproxy:9"}, None),
-]
-
-
-@pytest.mark.parametrize(("environ", "proxies", "session_kind"), PROXY_CASES)
-def test_the_proxy_is_the_one_requests_would_use(
-    monkeypatch: pytest.MonkeyPatch,
-    environ: dict[str, str],
-    proxies: dict[str, str] | None,
-    session_kind: str | None,
-) -> None:
-    """``decide_proxies`` + ``select_proxy`` against requests' own decision
-    (``Session.merge_environment_settings``) for the environment, ``proxies=``
-    with ``no_proxy``, a session with and without ``trust_env`` or with
-    proxies of its own."""
-    import requests
-
-    from flask_chest_otel.http_payload._transport import decide_proxies
-
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
-                 "http_proxy", "https_proxy", "all_proxy", "no_proxy"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environ.items():
-        monkeypatch.setenv(name, value)
-    url = "http://ingest.example/v2/datapoint"
-    session = None if session_kind is None else requests.Session()
-    if session is not None:
-        session.trust_env = session_kind != "no-trust"
-        if session_kind == "own-proxies":
-            session.proxies = {"http": "http://sessionproxy:1"}
-    reference = session or requests.Session()
-    settings = reference.merge_environment_settings(url, dict(proxies or {}), None, None, None)
-    expected = requests.utils.select_proxy(url, settings["proxies"])
-    decided = requests.utils.select_proxy(url, decide_proxies(url, proxies, session))
-    assert decided == expected
-
-
 SIGTERM_SCRIPT = """
 import signal, sys, time
 from opentelemetry.sdk.metrics import MeterProvider

@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -75,9 +76,7 @@ def check_headers(headers: Mapping[str, Any], what: str) -> tuple[dict[str, str]
             except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
                 raise ValueError(f"{what}: header {key!r} cannot be sent") from None
         if not isinstance(value, str):
-            raise ValueError(
-                f"{what}: header {key!r} must be a str, got a {type(value).__name__}"
-            )
+            raise ValueError(f"{what}: header {key!r} must be a str, got a {type(value).__name__}")
         try:
             value.encode("latin-1")
         except UnicodeEncodeError:
@@ -243,18 +242,19 @@ def decide_proxies(
     (a new ``Session`` if None), decided as ``Session.request`` does: the
     environment's (``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``, with
     ``proxies["no_proxy"]`` honoured) only if ``session.trust_env``, never
-    over one given; then the session's own ``proxies`` under those given.
-    ``requests.utils.select_proxy(url, ...)`` of the result is the proxy."""
+    over one given; then the session's own ``proxies`` under those given, and
+    None values dropped. ``requests.utils.select_proxy(url, ...)`` of the
+    result is the proxy."""
     chosen = dict(proxies or {})
     if session is None or session.trust_env:
         no_proxy = chosen.get("no_proxy")
         for scheme, proxy in requests.utils.get_environ_proxies(url, no_proxy=no_proxy).items():
             chosen.setdefault(scheme, proxy)
-    if session is not None:
-        # requests' ``merge_setting``: the session's, then those given; None unsets.
-        merged = {**session.proxies, **chosen}
-        chosen = {key: value for key, value in merged.items() if value is not None}
-    return chosen
+    # requests' ``merge_setting``: the session's (``requests.post`` makes one,
+    # without proxies), then those given; a None unsets after the environment's
+    # were added, so ``{"http": None}`` leaves ``ALL_PROXY`` in force.
+    merged = {**(session.proxies if session is not None else {}), **chosen}
+    return {key: value for key, value in merged.items() if value is not None}
 
 
 def make_transport(**settings: Any) -> Transport:
@@ -281,6 +281,15 @@ class RequestsTransport(Transport):
         super().__init__(session=session, **settings)
         self._user_session = session
         self._session = self._new_session()
+        # A session trusting the environment adds its proxies again on each
+        # POST, and its own ``proxies`` under those given: every key
+        # ``select_proxy`` reads for the URL is given, None (unset) where
+        # ``decide_proxies`` chose none, so the proxy stays the one decided.
+        parts = urlsplit(self.url)
+        consulted = [parts.scheme, "all"]
+        consulted += [f"{key}://{parts.hostname}" for key in consulted]
+        # (Any: requests takes None values, which its type stubs do not say.)
+        self._proxies: dict[str, Any] = {**dict.fromkeys(consulted), **self.proxies}
         self._lanes: Lanes[None] = Lanes(
             self.max_connections, lambda: None, lambda state: None, self.what
         )
@@ -309,7 +318,7 @@ class RequestsTransport(Transport):
                 self.url,
                 data=post.body,
                 headers=headers,
-                proxies=self.proxies or None,
+                proxies=self._proxies,
                 verify=self.verify,
                 timeout=self.timeout,
                 allow_redirects=False,
