@@ -11,11 +11,15 @@ PY := $(VENV)/bin/python
 PROCESS_TESTS := tests/test_exit.py tests/test_spool.py tests/test_gunicorn.py tests/test_pacing.py \
 	tests/test_pipeline.py::test_interpreter_exit_flushes_without_an_explicit_shutdown \
 	tests/test_pipeline.py::test_a_forked_child_exports_only_its_own_requests \
-	tests/test_faults.py::test_sigterm_under_gunicorn_delivers_every_request_to_victoria_metrics
+	tests/test_faults.py::test_sigterm_under_gunicorn_delivers_every_request_to_victoria_metrics \
+	tests/test_http_endpoint.py::test_sigterm_to_gunicorn_under_opentelemetry_instrument_delivers_1000_queued_once \
+	tests/test_http_endpoint.py::test_sigterm_to_gunicorn_with_a_backlog_past_the_exit_budget_counts_it_in_one_error
 OTHER_PYTHONS := 3.10 3.12 3.13
 # Only what those tests import (the pins of pyproject's `test` extra): the
-# whole extra (Sphinx, mypy, the OTel distro) would double CI's install time.
-PROCESS_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100' 'gunicorn>=22'
+# whole extra (Sphinx, mypy, the Flask instrumentation) would double CI's
+# install time. The OTel distro (small: opentelemetry-instrument and its
+# configurator) runs the SIGTERM tests of the http_payload entry point.
+PROCESS_TEST_DEPS := 'pytest>=8' 'hypothesis>=6.100' 'gunicorn>=22' 'opentelemetry-distro>=0.50b0'
 python_for = $(firstword $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python) python$(1))
 
 .PHONY: demo test test-pythons lint bench docs clean
@@ -43,7 +47,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 	$(MAKE) test-pythons
 
-.venv-%/.installed: pyproject.toml
+.venv-%/.installed: pyproject.toml Makefile
 	$(call python_for,$*) -m venv .venv-$*
 	.venv-$*/bin/python -m pip install -q --upgrade pip
 	.venv-$*/bin/python -m pip install -q -e . $(PROCESS_TEST_DEPS)

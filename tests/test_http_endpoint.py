@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from flask_chest_otel._delivery import DEFAULT_EXIT_TIMEOUT
 from flask_chest_otel.http_payload import HTTPPayloadMetricExporter
 
 from .conftest import wait_for
 from .scripted_endpoint import Behaviour, ScriptedEndpoint, Stored
+from .test_gunicorn import free_port, wait_until_serving
 from .test_http_payload import recorded
 
 REPO = Path(__file__).resolve().parent.parent
@@ -330,6 +335,211 @@ def test_sigterm_to_an_sdk_path_exporter_sends_the_backlog_within_the_exit_budge
         counts = end.counts()
         assert len(counts) == 1000 and set(counts.values()) == {1}, (len(counts), stderr)
         assert took < DEFAULT_EXIT_TIMEOUT + 1.0, took
+
+
+#: gunicorn's own default: the master kills a worker still running this long
+#: after passing SIGTERM on.
+GUNICORN_GRACEFUL_TIMEOUT = 30.0
+#: Seconds a gunicorn master takes past its worker's exit budget to exit:
+#: the worker's last steps, the master's reaping it (measured 0.7-1.3 s) and
+#: the master's own exit hooks.
+EXIT_SLACK = 4.0
+
+
+@dataclass
+class TimedEndpoint:
+    """An endpoint answering after 45 ms, with the time each POST reached it."""
+
+    endpoint: ScriptedEndpoint
+    posted_at: list[float]
+
+
+@pytest.fixture
+def endpoint_45_ms() -> Iterator[TimedEndpoint]:
+    posted_at: list[float] = []
+
+    def answer_after_45_ms(stored: Stored) -> Behaviour:
+        posted_at.append(time.monotonic())
+        return Behaviour(delay=0.045)
+
+    with ScriptedEndpoint(answer_after_45_ms) as endpoint:
+        yield TimedEndpoint(endpoint, posted_at)
+
+
+@dataclass
+class GunicornRun:
+    """What a SIGTERM to gunicorn under ``opentelemetry-instrument`` left."""
+
+    #: POSTs stored at the endpoint when SIGTERM was sent.
+    stored_at_sigterm: int
+    #: Seconds from SIGTERM until the master exited, and until the last POST
+    #: reached the endpoint.
+    exit_took: float
+    last_post_after: float
+    #: Request ID -> times stored (in this run and those before on the
+    #: endpoint); bodies of payloads without a request ID.
+    request_ids: Counter[bytes]
+    others: list[bytes]
+    returncode: int
+    stderr: str
+
+
+def sigterm_gunicorn_under_opentelemetry_instrument(
+    end: TimedEndpoint,
+    requests_to_serve: int,
+    wait: Callable[[], bool] | None = None,
+    **environ: str,
+) -> GunicornRun:
+    """Serves ``requests_to_serve`` requests (IDs ``r0``...) on
+    ``tests/apps/instrumented_gunicorn_app.py`` under ``opentelemetry-instrument
+    --metrics_exporter http_payload gunicorn -w 1`` (sync worker, graceful
+    timeout left at its default) posting to ``end``, waits for ``wait()``
+    if given, sends SIGTERM to the master right after, and waits for the
+    master to exit. The SDK's export interval is its default (60 s): at
+    SIGTERM every request's point still waits in the worker, and what the
+    endpoint receives was sent by the worker's exit path."""
+    instrument = Path(sys.executable).with_name("opentelemetry-instrument")
+    env = {
+        **{
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("FLASK_CHEST_EXIT_TIMEOUT", "OTEL_METRIC_EXPORT_INTERVAL")
+        },
+        "PYTHONPATH": str(REPO),
+        "OTEL_EXPORTER_HTTP_PAYLOAD_ENDPOINT": end.endpoint.url,
+        "OTEL_EXPORTER_HTTP_PAYLOAD_GENERATOR": "tests.test_http_endpoint:request_id_body",
+        **environ,
+    }
+    port = free_port()
+    server = subprocess.Popen(
+        [str(instrument), "--metrics_exporter", "http_payload",
+         "--traces_exporter", "none", "--logs_exporter", "none",
+         sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync",
+         "-b", f"127.0.0.1:{port}", "tests.apps.instrumented_gunicorn_app:app"],
+        cwd=REPO, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_serving(server, url)
+        with requests.Session() as session:
+            for number in range(requests_to_serve):
+                answer = session.get(url, params={"id": f"r{number}"}, timeout=30)
+                assert answer.status_code == 200
+        if wait is not None:
+            assert wait_for(wait, timeout=30)
+        stored_at_sigterm = len(end.endpoint.stored)
+        sigterm_at = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=GUNICORN_GRACEFUL_TIMEOUT + 30)
+        exit_took = time.monotonic() - sigterm_at
+    finally:
+        server.kill()
+    bodies = end.endpoint.bodies()
+    return GunicornRun(
+        stored_at_sigterm=stored_at_sigterm,
+        exit_took=exit_took,
+        last_post_after=max(end.posted_at, default=sigterm_at) - sigterm_at,
+        request_ids=Counter(body for body in bodies if body != b"None"),
+        others=[body for body in bodies if body == b"None"],
+        returncode=server.returncode,
+        stderr=stderr,
+    )
+
+
+def test_sigterm_to_gunicorn_under_opentelemetry_instrument_delivers_1000_queued_once(
+    endpoint_45_ms: TimedEndpoint,
+) -> None:
+    """Issue 25's case for real: ``opentelemetry-instrument --metrics_exporter
+    http_payload``, gunicorn with one sync worker, 1,000 requests waiting
+    for an endpoint 45 ms away, SIGTERM to the master: the worker's exit
+    (the SDK's exit hook, its last collection, the exporter's shutdown
+    capped at the exit budget) delivers all 1,000 once each, well before
+    gunicorn's graceful timeout, and says nothing on stderr but gunicorn's
+    own lines. (Before, the worker was killed at the graceful timeout with
+    682 delivered and no log line.)"""
+    run = sigterm_gunicorn_under_opentelemetry_instrument(endpoint_45_ms, 1000)
+    assert run.returncode == 0, run.stderr
+    assert run.stored_at_sigterm == 0  # all 1,000 were waiting
+    assert len(run.request_ids) == 1000, (len(run.request_ids), run.stderr)
+    assert set(run.request_ids.values()) == {1}
+    assert set(run.request_ids) == {f"r{number}".encode() for number in range(1000)}
+    # The Flask instrumentation's own metrics: one payload per export, no request ID.
+    assert len(run.others) <= 1
+    # Nothing but gunicorn's own lines ("[date] [pid] [INFO] ..."): no traceback, no loss.
+    assert all(line.startswith("[") for line in run.stderr.splitlines()), run.stderr
+    assert "Traceback" not in run.stderr and "[ERROR]" not in run.stderr, run.stderr
+    assert run.last_post_after < DEFAULT_EXIT_TIMEOUT, run.last_post_after
+    assert run.exit_took < EXIT_SLACK + DEFAULT_EXIT_TIMEOUT < GUNICORN_GRACEFUL_TIMEOUT, (
+        run.exit_took
+    )
+
+
+def test_sigterm_to_gunicorn_with_a_backlog_past_the_exit_budget_counts_it_in_one_error(
+    endpoint_45_ms: TimedEndpoint,
+) -> None:
+    """The same with one connection (22 POSTs a second: 1,000 take 45 s):
+    the worker sends for the exit budget (5 s), then one ERROR line counts
+    what is lost; every request was either stored once or counted lost
+    (the one POST in flight at the deadline may be both), and the worker
+    exits long before gunicorn's graceful timeout."""
+    run = sigterm_gunicorn_under_opentelemetry_instrument(
+        endpoint_45_ms,
+        1000,
+        FLASK_CHEST_HTTP_MAX_CONNECTIONS="1",
+        # Every item a request's, for the count below.
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="flask",
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stored_at_sigterm == 0
+    assert "Traceback" not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if "not delivered in time, lost" in line]
+    assert len(errors) == 1, run.stderr
+    lost = int(errors[0].split(" shut down with ")[1].split()[0])
+    delivered = len(run.request_ids)
+    assert set(run.request_ids.values()) == {1} and not run.others
+    assert 1000 <= delivered + lost <= 1001, (delivered, lost)
+    assert delivered >= 50, delivered  # it did send for the budget
+    assert run.last_post_after < DEFAULT_EXIT_TIMEOUT + 0.5, run.last_post_after
+    assert run.exit_took < EXIT_SLACK + DEFAULT_EXIT_TIMEOUT < GUNICORN_GRACEFUL_TIMEOUT, (
+        run.exit_took
+    )
+
+
+def test_sigterm_to_gunicorn_with_a_backlog_past_the_exit_budget_spools_it_for_the_next_start(
+    endpoint_45_ms: TimedEndpoint, tmp_path: Path
+) -> None:
+    """The same backlog with ``FLASK_CHEST_SPOOL_DIR``: what the exit budget
+    did not send stays in the spool (one line says so, none says lost); the
+    next start on that directory sends it. Every request is stored, the one
+    POST in flight at the deadline at most twice, with one Idempotency-Key."""
+    backlog = {
+        "FLASK_CHEST_HTTP_MAX_CONNECTIONS": "1",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask",
+        "FLASK_CHEST_SPOOL_DIR": str(tmp_path),
+    }
+    run = sigterm_gunicorn_under_opentelemetry_instrument(endpoint_45_ms, 1000, **backlog)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "in time, lost" not in run.stderr, run.stderr
+    kept = [line for line in run.stderr.splitlines() if "kept in the spool" in line]
+    assert len(kept) == 1, run.stderr
+    spooled = int(kept[0].split(" shut down with ")[1].split()[0])
+    assert 1000 <= len(run.request_ids) + spooled <= 1001, (len(run.request_ids), spooled)
+    assert run.exit_took < EXIT_SLACK + DEFAULT_EXIT_TIMEOUT, run.exit_took
+
+    end = endpoint_45_ms.endpoint
+    run = sigterm_gunicorn_under_opentelemetry_instrument(
+        endpoint_45_ms,
+        0,
+        wait=lambda: len(set(end.bodies())) >= 1000,
+        **{**backlog, "FLASK_CHEST_HTTP_MAX_CONNECTIONS": "16"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert set(run.request_ids) == {f"r{number}".encode() for number in range(1000)}
+    twice = [body for body, count in run.request_ids.items() if count > 1]
+    assert len(twice) <= 1 and set(run.request_ids.values()) <= {1, 2}, twice
+    assert all(len(set(end.keys_of(body))) == 1 for body in twice)
+    assert list(tmp_path.glob("*.spool")) == []
 
 
 def test_the_sdks_shutdown_timeout_is_capped_at_the_exit_budget_with_one_error_line(
