@@ -24,7 +24,11 @@ posting one payload per export), ``per_request`` (InfluxDB + custom writer
 posting once per request, the sample usage's default: up to 16 POSTs at
 once over as many kept-alive connections),
 ``per_request_one_connection`` (the same with ``max_connections=1``: one
-POST at a time).
+POST at a time), and ``post_floor``: prometheus-flask-exporter plus one POST
+per request written by hand (a background thread, one kept-alive socket, a
+prebuilt head, the answer read by its length, nothing parsed, no retry):
+what one POST per request costs at the least on the app's core, so that
+``per_request`` can be read against it.
 
 Pinned by default, so that the backends never count against the app
 (measured fair on 2 cores): gunicorn (master, workers and every thread of
@@ -58,7 +62,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +79,13 @@ from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E4
 
 VARIANTS = [
     "plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request",
-    "per_request_one_connection",
+    "per_request_one_connection", "post_floor",
 ]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
-DELIVERING = {"flask_chest_0010", "sqlite", "batched", "per_request", "per_request_one_connection"}
+DELIVERING = {
+    "flask_chest_0010", "sqlite", "batched", "per_request", "per_request_one_connection",
+    "post_floor",
+}  # fmt: skip
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
 GTHREAD_THREADS = 4
@@ -95,10 +102,12 @@ def app_from_env() -> Flask:
     app = Flask(f"bench_load_{variant}")
     view = sample_view(["transaction", "response_time"])
     tags = {"app": variant}
-    if variant == "prometheus":
+    if variant in ("prometheus", "post_floor"):
         from prometheus_flask_exporter import PrometheusMetrics
 
         PrometheusMetrics(app)
+        if variant == "post_floor":
+            app.after_request(_floor_poster(f"{sink_url}/{variant}"))
     elif variant == "otel":
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
         from opentelemetry.sdk.metrics import MeterProvider
@@ -152,6 +161,45 @@ def app_from_env() -> Flask:
     view.__name__ = "index"
     app.add_url_rule("/", "index", view, methods=["GET", "POST"])
     return app
+
+
+def _floor_poster(url: str) -> Callable[[Any], Any]:
+    """``post_floor``'s after-request hook: queues the request's ID; a
+    thread POSTs one JSON payload per request (the sample generator's shape)
+    over one kept-alive socket, each answer read by its ``Content-Length``."""
+    import queue
+    import socket
+    import threading
+    import uuid
+
+    parts = urllib.parse.urlsplit(url)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    ).encode()
+    waiting: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def post() -> None:
+        sock = socket.create_connection((parts.hostname, parts.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+        while True:
+            body = json.dumps({"0": ["transaction", 1, waiting.get()]}).encode()
+            sock.sendall(head % len(body) + body)
+            while (end := buffer.find(b"\r\n\r\n")) < 0:
+                buffer += sock.recv(65536)
+            length = int(re.search(rb"Content-Length: *(\d+)", buffer[:end]).group(1))  # type: ignore[union-attr]
+            while len(buffer) < end + 4 + length:
+                buffer += sock.recv(65536)
+            buffer = buffer[end + 4 + length :]
+
+    threading.Thread(target=post, daemon=True).start()
+
+    def queue_post(response: Any) -> Any:
+        waiting.put(uuid.uuid4().hex)
+        return response
+
+    return queue_post
 
 
 def _quiet_logger() -> Any:
@@ -211,9 +259,11 @@ def pin(app_cpus: list[int], rest_cpus: list[int]) -> str:
     the sinks' threads) to ``rest_cpus``; gunicorn goes to ``app_cpus`` and
     wrk to ``rest_cpus`` when started. Returns what was done, to print."""
     available = sorted(os.sched_getaffinity(0))
-    if not app_cpus or not set(app_cpus + rest_cpus) <= set(available) or set(
-        app_cpus
-    ) & set(rest_cpus):
+    if (
+        not app_cpus
+        or not set(app_cpus + rest_cpus) <= set(available)
+        or set(app_cpus) & set(rest_cpus)
+    ):
         return f"bench_load: not pinned (CPUs available: {available})"
     APP_CPUS[:], REST_CPUS[:] = app_cpus, rest_cpus
     os.sched_setaffinity(0, rest_cpus)
@@ -359,6 +409,8 @@ def delivered(
     VictoriaMetrics' URL, or the lean endpoint standing in for it)."""
     if variant == "sqlite":
         return {"SQLite": len(_sqlite_request_ids(sqlite_path))}
+    if variant == "post_floor":
+        return {"HTTP": len(_sink_request_ids(sink, f"/{variant}"))}
     influx_ids = (
         _lean_influx_request_ids(influx, variant)
         if isinstance(influx, LeanSink)
@@ -383,7 +435,7 @@ def run(
     served = dict.fromkeys(variants, 0)
     with (
         tempfile.TemporaryDirectory(prefix="bench-load-") as tmp,
-        (LeanSink() if sink_kind == "lean" else HTTPSink()) as sink,
+        LeanSink() if sink_kind == "lean" else HTTPSink() as sink,
         contextlib.ExitStack() as stack,
     ):
         influx: str | LeanSink
@@ -463,9 +515,7 @@ def rps_ceiling(result: dict[str, Any], base: dict[str, Any]) -> float:
     ceilings = []
     for ours, theirs in zip(result["runs"], base["runs"], strict=True):
         per_request = cores * 1e6 / theirs["rps"]
-        extra = max(
-            0.0, ours["backend_cpu_us_per_request"] - theirs["backend_cpu_us_per_request"]
-        )
+        extra = max(0.0, ours["backend_cpu_us_per_request"] - theirs["backend_cpu_us_per_request"])
         ceilings.append(per_request / (per_request + extra))
     return statistics.median(ceilings)
 
@@ -492,7 +542,8 @@ def table(results: dict[str, Any]) -> str:
         got = result.get("delivered")
         delivery = (
             ", ".join(f"{target} {count}/{result['served']}" for target, count in got.items())
-            if got else "-"
+            if got
+            else "-"
         )
         backends = f"{result['backend_cpu_us_per_request']['median']:.0f}"
         ceiling = "-"
@@ -538,7 +589,12 @@ def main() -> None:
         print(pin(*cpus), file=sys.stderr)
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
     results = run(
-        rounds, seconds, args.variants.split(","), args.delay_ms, args.sink, args.worker_class,
+        rounds,
+        seconds,
+        args.variants.split(","),
+        args.delay_ms,
+        args.sink,
+        args.worker_class,
         args.influx,
     )
     print(json.dumps(results) if args.json else table(results))
