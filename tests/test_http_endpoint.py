@@ -495,6 +495,7 @@ def test_sigterm_to_gunicorn_with_a_backlog_past_the_exit_budget_counts_it_in_on
     assert "Traceback" not in run.stderr, run.stderr
     errors = [line for line in run.stderr.splitlines() if "not delivered in time, lost" in line]
     assert len(errors) == 1, run.stderr
+    assert "retrying in" not in run.stderr, run.stderr  # no retry comes after the deadline
     lost = int(errors[0].split(" shut down with ")[1].split()[0])
     delivered = len(run.request_ids)
     assert set(run.request_ids.values()) == {1} and not run.others

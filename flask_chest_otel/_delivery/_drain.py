@@ -25,6 +25,7 @@ everything is kept, and the backoff goes on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,8 @@ class Drain(Generic[Item]):
     """Sends a :class:`Buffer`'s items with ``send`` (an exporter's ``_send``)
     and applies what each answer says, until the buffer is empty or a retry
     must wait past the deadline. ``pause(seconds)`` waits out a backoff and
-    says whether shutdown interrupted it."""
+    says whether shutdown interrupted it; ``stop_deadline()`` is shutdown's
+    deadline (infinite before shutdown)."""
 
     def __init__(
         self,
@@ -111,6 +113,7 @@ class Drain(Generic[Item]):
         describe: Callable[[Item], str],
         batch_items: Callable[[], int],
         max_batch_bytes: int,
+        stop_deadline: Callable[[], float] = lambda: math.inf,
     ) -> None:
         self.name = name
         self.buffer = buffer
@@ -122,6 +125,7 @@ class Drain(Generic[Item]):
         self.describe = describe
         self.batch_items = batch_items
         self.max_batch_bytes = max_batch_bytes
+        self.stop_deadline = stop_deadline
 
     def run(self, deadline: float | None = None) -> None:
         """Sends batches until the buffer is empty or a retry must wait past
@@ -152,6 +156,19 @@ class Drain(Generic[Item]):
                 continue
             attempt += 1
             delay = self.policy.delay(attempt, tally.retry_after)
+            limit = self.stop_deadline() if deadline is None else deadline
+            if time.monotonic() + delay > limit:
+                # No retry before the deadline: shutdown's own line tells
+                # what became of the rest (spooled, or lost).
+                self.log.log(
+                    logging.WARNING,
+                    "retry",
+                    "%s: send failed (%s) at the shutdown deadline; %d items not sent",
+                    self.name,
+                    tally.retry_message,
+                    len(self.buffer),
+                )
+                return
             self.log.log(
                 logging.WARNING,
                 "retry",
@@ -162,8 +179,6 @@ class Drain(Generic[Item]):
                 delay,
             )
             if deadline is not None:
-                if time.monotonic() + delay > deadline:
-                    return
                 time.sleep(delay)
             elif self.pause(delay):
                 return

@@ -197,6 +197,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             describe=self._mask_example,
             batch_items=self._batch_items,
             max_batch_bytes=max_batch_bytes,
+            stop_deadline=lambda: self._stop_deadline,
         )
         LIVE_EXPORTERS.add(self)
 
