@@ -15,8 +15,10 @@ per-request mode one POST each; batched, many per POST).
 It then prints the client CPU per POST (``time.process_time`` around N POSTs
 of the same one-request body to the same keep-alive sink, median of 5
 interleaved rounds, spread in brackets): a raw keep-alive ``http.client``
-POST (the practical floor), ``requests.Session.post`` (with and without its
-per-call environment look-up), urllib3's pool (what a requests adapter
+POST (the practical floor), the same bytes on a socket with the answer read
+by its length and not parsed (below any HTTP client),
+``requests.Session.post`` (with and without its per-call environment
+look-up), urllib3's pool (what a requests adapter
 sends through), and the per-request writer, once fed ready payloads (its
 send path) and once fed MetricsData (generator, encoding and send: the whole
 per-request path), each with ``max_connections=1`` (one POST at a time,
@@ -30,6 +32,8 @@ import argparse
 import http.client
 import json
 import os
+import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -131,6 +135,31 @@ def _cpu_raw(url: str, body: bytes, posts: int) -> float:
     return cpu
 
 
+def _cpu_socket(url: str, body: bytes, posts: int) -> float:
+    """The same POST as bytes on a kept-alive socket, the answer read by its
+    length and not parsed: below what any HTTP client can do."""
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    message = (
+        b"POST /ingest HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (parts.netloc.encode(), len(body), body)
+    )
+    buffer = b""
+    start = time.process_time()
+    for _ in range(posts):
+        sock.sendall(message)
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            buffer += sock.recv(65536)
+        length = int(re.search(rb"(?i)content-length: *(\d+)", buffer[:end]).group(1))  # type: ignore[union-attr]
+        while len(buffer) < end + 4 + length:
+            buffer += sock.recv(65536)
+        buffer = buffer[end + 4 + length :]
+    cpu = time.process_time() - start
+    sock.close()
+    return cpu
+
+
 def _cpu_requests(url: str, body: bytes, posts: int, trust_env: bool = True) -> float:
     session = requests.Session()
     session.trust_env = trust_env
@@ -183,6 +212,7 @@ def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
     body = json.dumps(body_items, separators=(",", ":")).encode()
     variants: list[tuple[str, Callable[[], float]]] = [
         ("raw http.client keep-alive", lambda: _cpu_raw(url, body, posts)),
+        ("bytes on a socket, answer not parsed", lambda: _cpu_socket(url, body, posts)),
         ("requests.Session.post", lambda: _cpu_requests(url, body, posts)),
         ("  the same, trust_env=False", lambda: _cpu_requests(url, body, posts, False)),
         ("urllib3 pool urlopen", lambda: _cpu_urllib3(url, body, posts)),
