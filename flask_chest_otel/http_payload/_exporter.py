@@ -155,6 +155,9 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     #: The items this mode makes; the other mode's, found in the spool, are
     #: sent apart (``_send_adopted``).
     _item_type: ClassVar[type]
+    #: Whether the spool gave this exporter items of the other mode: until
+    #: then, a batch is not looked through for them.
+    _adopted_other = False
 
     def __init__(
         self,
@@ -309,7 +312,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         return dumps_http_item(item)
 
     def _spool_loads(self, data: bytes) -> Item:
-        return loads_http_item(data, Payload)
+        item = loads_http_item(data, Payload)
+        if not isinstance(item, self._item_type):
+            self._adopted_other = True
+        return item
 
     def _spool_identity(self) -> tuple[str, str, str]:
         # The query may hold a secret: only its hash is written.
@@ -331,6 +337,8 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     def _send(self, batch: Sequence[Item]) -> Settlement:
         """This mode's items by ``_send_own``; the other mode's, adopted from
         the spool, apart by ``_send_adopted``; one settlement for both."""
+        if not self._adopted_other:
+            return self._send_own(batch)
         adopted = [
             index for index, item in enumerate(batch) if not isinstance(item, self._item_type)
         ]
