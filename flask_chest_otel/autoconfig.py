@@ -186,5 +186,14 @@ class HTTPPayloadEnvMetricExporter(HTTPPayloadMetricExporter):
     """``HTTPPayloadMetricExporter`` configured from the environment; entry
     point ``http_payload`` of group ``opentelemetry_metrics_exporter``."""
 
+    def __new__(cls) -> HTTPPayloadEnvMetricExporter:
+        # The environment's per_request picks the mode's class, which
+        # ``__new__`` must know: the settings are read, and the exporter
+        # made, here.
+        settings = http_payload_settings()
+        exporter = super().__new__(cls, **settings)
+        HTTPPayloadMetricExporter.__init__(exporter, **settings)
+        return exporter
+
     def __init__(self) -> None:
-        super().__init__(**http_payload_settings())
+        """Made by ``__new__``."""

@@ -145,6 +145,20 @@ def kill_when_spooled(app: App, spool_dir: Path, requests: int) -> None:
     app.kill()
 
 
+def delivered_once_by(
+    heir: App, sink: HTTPSink, since: int, path: str, requests: int
+) -> Counter[str]:
+    """Waits for ``heir`` to deliver ``requests`` requests to ``path``, stops
+    it, and checks that each came once; returns them."""
+    try:
+        assert wait_for(lambda: len(delivered(sink, since, path)) >= requests, timeout=60)
+    finally:
+        heir.quit()
+    got = delivered(sink, since, path)
+    assert len(got) == requests and set(got.values()) == {1}
+    return got
+
+
 def test_the_spool_stays_within_spool_max_bytes_while_the_backend_is_down(
     sink: HTTPSink, tmp_path: Path
 ) -> None:
@@ -189,12 +203,7 @@ def test_the_spool_stays_within_spool_max_bytes_while_the_backend_is_down(
 
     since = bring_up(sink)
     heir = App(tmp_path, "bounded-heir", chest)
-    try:
-        assert wait_for(lambda: len(delivered(sink, since, "/bounded")) >= kept, timeout=60)
-    finally:
-        heir.quit()
-    got = delivered(sink, since, "/bounded")
-    assert len(got) == kept and set(got.values()) == {1}
+    got = delivered_once_by(heir, sink, since, "/bounded", kept)
     numbers = sorted(int(request_id.rsplit("-", 1)[1]) for request_id in got)
     assert numbers == list(range(20_000 - kept, 20_000)), "the newest are kept"
 
@@ -245,12 +254,7 @@ def test_a_full_disk_loses_nothing_already_written_and_writes_again_when_space_r
 
     since = bring_up(sink)
     heir = App(tmp_path, "full-heir", chest)
-    try:
-        assert wait_for(lambda: len(delivered(sink, since, "/full")) >= 6_000, timeout=60)
-    finally:
-        heir.quit()
-    got = delivered(sink, since, "/full")
-    assert len(got) == 6_000 and set(got.values()) == {1}
+    delivered_once_by(heir, sink, since, "/full", 6_000)
 
 
 def test_chests_whose_names_sanitise_alike_never_take_each_others_files(
@@ -276,12 +280,7 @@ def test_chests_whose_names_sanitise_alike_never_take_each_others_files(
     assert all(request_id.startswith("b-") for request_id in delivered(sink, since, "/b"))
 
     heir = App(tmp_path, "a-heir", chest_a)
-    try:
-        assert wait_for(lambda: len(delivered(sink, since, "/a")) >= 500, timeout=60)
-    finally:
-        heir.quit()
-    got = delivered(sink, since, "/a")
-    assert len(got) == 500 and set(got.values()) == {1}
+    delivered_once_by(heir, sink, since, "/a", 500)
 
 
 def test_an_http_and_an_influxdb_chest_of_one_name_each_deliver_their_own_once(
@@ -403,12 +402,27 @@ def test_a_deleted_spool_directory_is_noticed_and_a_sigkill_after_loses_nothing(
 
     since = bring_up(sink)
     heir = App(tmp_path, "lost-heir", chest)
-    try:
-        assert wait_for(lambda: len(delivered(sink, since, "/lost")) >= 3_000, timeout=60)
-    finally:
-        heir.quit()
-    got = delivered(sink, since, "/lost")
-    assert len(got) == 3_000 and set(got.values()) == {1}
+    delivered_once_by(heir, sink, since, "/lost", 3_000)
+
+
+@pytest.mark.parametrize("per_request", [True, False], ids=["per-request-heir", "batched-heir"])
+def test_a_spool_left_by_the_other_mode_is_delivered_once_per_request(
+    sink: HTTPSink, tmp_path: Path, per_request: bool
+) -> None:
+    """Backend down, 200 requests spooled by one mode, SIGKILL; a process of
+    the other mode, same name and URL, adopts the spool and delivers each
+    request once (as payloads left ready, or as tuples it makes its own)."""
+    spool_dir = tmp_path / "spool"
+    app = App(tmp_path, "switch", writer("switch", f"{sink.url}/switch", spool_dir,
+                                         per_request=not per_request))  # fmt: skip
+    app.serve(200)
+    kill_when_spooled(app, spool_dir, 200)
+
+    since = bring_up(sink)
+    heir = App(tmp_path, "switch-heir", writer("switch", f"{sink.url}/switch", spool_dir,
+                                               per_request=per_request))  # fmt: skip
+    delivered_once_by(heir, sink, since, "/switch", 200)
+    assert "ERROR" not in heir.stderr
 
 
 RACE_WRITER = textwrap.dedent(

@@ -26,8 +26,12 @@ a plain tuple and serialises to a JSON list) that also carries
 
 The parts live in private modules: ``_context_tuple`` (the tuple type and
 MetricsData -> tuples), ``_json_payload`` (the JSON generator and how a
-result becomes a body), ``_exporter`` (payloads and their settlements),
-``_transport`` (the transport interface, proxies, the ``requests``
+result becomes a body), ``_exporter`` (what both modes share: the
+arguments, judging an answer, the spool; ``HTTPPayloadMetricExporter(...)``
+makes an instance of the mode's class), ``_per_request`` (one payload and
+POST per request), ``_batched`` (one POST per batch of requests, a refused
+request narrowed down), ``_verdicts`` (a batch's fates as its POSTs are
+answered), ``_transport`` (the transport interface, proxies, the ``requests``
 transport), ``_direct`` (our own connections, answers parsed by
 ``http.client``), ``_lanes`` (several POSTs at once) and ``_chest`` (the
 chest).

@@ -38,6 +38,7 @@ from .._records import (
     VALUE,
     Layout,
     Record,
+    attributes_of,
     by_name,
     common_layout,
     flat_attributes,
@@ -157,7 +158,8 @@ def context_tuples(
                     continue
                 for point in paced(metric.data.data_points):
                     key, item, index = _decorated_tuple(
-                        metric.name, point  # type: ignore[arg-type]
+                        metric.name,
+                        point,  # type: ignore[arg-type]
                     )
                     requests_.add(key, item.time_unix_nano, order if index is None else index, item)
     return requests_.groups(), others
@@ -177,6 +179,15 @@ def flat_tuple(item: ContextTuple) -> FlatTuple:
     """``(name, value, request_id, time_unix_nano, kind, key1, value1, ...)``:
     a context tuple as atomic values, its attributes inline."""
     return (*item, item.time_unix_nano, item.kind, *flat_attributes(item.attributes))
+
+
+def from_flat_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:
+    """The ContextTuple ``flat_tuple`` flattened (as is if it is one already: a
+    spool file written before batched mode buffered flat tuples)."""
+    if isinstance(flat, ContextTuple):
+        return flat
+    name, value, request_id, time_unix_nano, kind = flat[:5]
+    return ContextTuple(name, value, request_id, attributes_of(flat[5:]), time_unix_nano, kind)
 
 
 def _record_groups(

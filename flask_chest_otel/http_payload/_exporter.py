@@ -1,15 +1,29 @@
 """``HTTPPayloadMetricExporter``: context tuples -> a user's payload
-generator -> one POST per payload, from the exporter's own thread."""
+generator -> POSTs, from the exporter's own thread.
+
+What both modes share lives here: the arguments and their checks, the
+transport, judging an answer, the spool, shutdown and fork. Each mode is a
+subclass, picked by ``HTTPPayloadMetricExporter(per_request=...)``:
+:class:`~._per_request.PerRequestPayloadExporter` (items are payloads, one
+POST each, sent over the connections at once) and
+:class:`~._batched.BatchedPayloadExporter` (items are requests' tuples, one
+POST per batch, a refused request narrowed down).
+
+Both modes share a spool (its identity is the URL and the name, not the
+mode): items the other mode left there are adopted and sent as this mode
+can (``_send_adopted``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import requests
 from opentelemetry.sdk.metrics.export import Metric, MetricsData
@@ -25,19 +39,11 @@ from .._delivery import (
     too_large,
 )
 from .._http import check_url, parse_retry_after, safe_url
-from .._pacing import paced
-from .._records import VERSION, Record, attributes_of
+from .._records import VERSION
 from .._redact import Secrets, guard_third_party_logs
 from .._spool_codecs import dumps_http_item, loads_http_item
 from ..environment_variables import FLASK_CHEST_HTTP_MAX_CONNECTIONS
-from ._context_tuple import (
-    ContextTuple,
-    FlatTuple,
-    context_tuples,
-    flat_tuple,
-    record_flat_groups,
-    record_groups,
-)
+from ._context_tuple import ContextTuple, FlatTuple, context_tuples, from_flat_tuple
 from ._json_payload import serialise
 from ._transport import (
     EXCERPT,
@@ -49,6 +55,7 @@ from ._transport import (
     check_headers,
     make_transport,
 )
+from ._verdicts import Verdicts
 
 #: A payload generator: a ``list[ContextTuple]`` in, a payload out (a
 #: JSON-serialisable value, ``str`` or ``bytes``). Typed loosely so that
@@ -56,21 +63,12 @@ from ._transport import (
 PayloadGenerator = Callable[[Any], Any]
 
 DEFAULT_SUCCESS_STATUS_CODES = (200, 201, 202, 204)
-#: Most requests one batched POST carries.
-MAX_BATCH_REQUESTS = 10_000
-#: ... while the app is serving requests (``_pacing``): the payload's
-#: ``json.dumps`` holds the GIL throughout, about 1 ms for 500 requests of
-#: two variables, 6 ms for 2,500 (the sample app's share of one export).
-PACED_BATCH_REQUESTS = 500
 #: POSTs in flight at once per request, one per connection: an endpoint
 #: 50 ms away takes 20 POSTs/s per connection, 200 ms away 5/s; 16 carry
 #: 200 requests/s to the first and 50/s to the second with room to spare.
 DEFAULT_MAX_CONNECTIONS = 16
 #: Most connections ``max_connections`` may ask for.
 MAX_CONNECTIONS = 256
-#: Per request, a batch is this many POSTs per connection: enough that the
-#: connections stay busy while the batch's slowest answer is awaited.
-BATCH_PER_CONNECTION = 4
 
 
 def _new_key() -> str:
@@ -100,6 +98,7 @@ class Payload:
 #: never reaches the oldest generation, whose full passes pause requests.
 Tuples = tuple[FlatTuple, ...]
 Item = Payload | Tuples
+Exporter = TypeVar("Exporter", bound="HTTPPayloadMetricExporter")
 
 
 class HTTPPayloadMetricExporter(BufferedExporter[Item]):
@@ -150,6 +149,16 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             see ``BufferedExporter`` (``max_buffer_bytes``, ...).
     """
 
+    #: The mode: one POST per request (True) or per batch (False); set by
+    #: each mode's class.
+    per_request: ClassVar[bool]
+    #: The items this mode makes; the other mode's, found in the spool, are
+    #: sent apart (``_send_adopted``).
+    _item_type: ClassVar[type]
+    #: Whether the spool gave this exporter items of the other mode: until
+    #: then, a batch is not looked through for them.
+    _adopted_other = False
+
     def __init__(
         self,
         *,
@@ -173,8 +182,15 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         max_buffer_bytes: int = 100_000_000,
         **options: Any,
     ) -> None:
-        self.url = check_url(url, name or type(self).__name__)
+        self.url = check_url(url, name or self._class_name())
         name = name or safe_url(self.url)
+        if bool(per_request) is not self.per_request:
+            # A subclass's own __init__ passed per_request on, too late for
+            # ``__new__`` to pick the mode's class from it.
+            raise TypeError(
+                f"{name}: per_request={per_request!r} must be given to "
+                f"{self._class_name()}(...) itself, which picks the mode's class"
+            )
         if not callable(payload_generator):
             raise TypeError(
                 f"{name}: payload_generator must be callable, got {payload_generator!r}"
@@ -208,11 +224,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             name=name,
             logger=logger,
             flush_interval=flush_interval,
-            # Per request, a batch is the POSTs sent at once over the
-            # connections; see ``_send_payloads``.
-            max_batch_items=(
-                max_connections * BATCH_PER_CONNECTION if per_request else MAX_BATCH_REQUESTS
-            ),
+            max_batch_items=self._max_batch_items(max_connections),
             max_buffer_items=max_buffer_items,
             max_buffer_bytes=max_buffer_bytes,
             timeout=self._transport.total_timeout,
@@ -221,14 +233,7 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             **options,
         )
         self.payload_generator = payload_generator
-        self.per_request = per_request
         self.max_connections = max_connections
-        if per_request:
-            # A request's POST goes as soon as it is encoded: the
-            # connections take what waits then, not waiting to fill a batch.
-            self.send_at_items = 1
-        else:
-            self.paced_batch_items = PACED_BATCH_REQUESTS
         self.params = params
         self.proxies = self._transport.proxies or None
         self.verify = verify
@@ -236,61 +241,66 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         self.success_status_codes = frozenset(codes)
         self._safe_url = self._transport.safe_url
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, url={self._safe_url!r})"
+    def __new__(cls: type[Exporter], *args: Any, **kwargs: Any) -> Exporter:
+        """An instance of the class of the mode ``per_request`` asks for."""
+        return super().__new__(_with_mode(cls, bool(kwargs.get("per_request", True))))
 
-    # -- encoding: MetricsData -> context tuples -> payloads -------------------
+    # What help() and the docs show as the class's signature: __init__'s.
+    __new__.__signature__ = inspect.signature(__init__)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{self._class_name()}(name={self.name!r}, url={self._safe_url!r})"
+
+    def _class_name(self) -> str:
+        """The class users name: a mode's own class stands for this one."""
+        cls = type(self)
+        return HTTPPayloadMetricExporter.__name__ if cls in _modes() else cls.__name__
+
+    # -- what each mode's class defines -----------------------------------------
+
+    @classmethod
+    def _max_batch_items(cls, max_connections: int) -> int:
+        """The most items one ``_send`` takes."""
+        raise NotImplementedError
 
     def context_tuple_lists(self, metrics_data: MetricsData) -> list[list[ContextTuple]]:
         """The lists the payload generator is called with for ``metrics_data``."""
+        raise NotImplementedError
+
+    def _send_own(self, batch: Sequence[Any]) -> Settlement:
+        """Sends a batch of this mode's items."""
+        raise NotImplementedError
+
+    def _send_adopted(self, batch: Sequence[Any]) -> Settlement:
+        """Sends a batch of the items the other mode left in the spool."""
+        raise NotImplementedError
+
+    # -- encoding: MetricsData -> context tuples -> payloads -------------------
+
+    def _groups(self, metrics_data: MetricsData) -> list[list[ContextTuple]]:
+        """``metrics_data``'s tuples: one list per request, then one of the
+        other metrics (if any)."""
         requests_, others = context_tuples(metrics_data, self._warn_unsupported)
-        if not self.per_request:
-            merged = [item for group in requests_ for item in group] + others
-            return [merged] if merged else []
         return [*requests_, others] if others else requests_
 
-    def _encode(self, metrics_data: MetricsData) -> Iterator[Item]:
-        requests_, others = context_tuples(metrics_data, self._warn_unsupported)
-        groups = [*requests_, others] if others else requests_
-        if not self.per_request:
-            # Through lists: see ``_records.flat_attributes``.
-            yield from (tuple([flat_tuple(item) for item in group]) for group in groups)
-            return
-        yield from self._payloads(groups)
-
-    def _encode_records(self, records: Sequence[Record]) -> Iterator[Item]:
-        if not self.per_request:
-            yield from (tuple(group) for group in record_flat_groups(records))
-            return
-        yield from self._payloads(record_groups(records))
-
-    def _payloads(self, groups: list[list[ContextTuple]]) -> Iterator[Payload]:
-        """Per-request mode: one payload per group (a request's tuples, or
-        the other metrics')."""
-        for group in groups:
-            payload = self._generate(group)
-            if payload is not None:
-                yield payload
-
-    def _generate(self, group: list[ContextTuple]) -> Payload | None:
-        label, count = _label(group)
-        try:
-            body, is_json = serialise(self.payload_generator(group))
-        except Exception as exc:
-            self.stats.dropped_encoding += 1
-            self._log_generator_failure(label, exc)
-            return None
-        return Payload(body, is_json, label, count)
-
-    def _log_generator_failure(self, label: str, exc: Exception) -> None:
-        self._log.log(
-            logging.ERROR,
-            "generator",
-            "%s: payload_generator failed for %s; payload skipped: %s",
-            self.name,
-            label,
-            self._secrets.redact_exception(exc),
-        )
+    def _payloads_of(self, groups: Sequence[Tuples], verdicts: Verdicts) -> dict[int, Payload]:
+        """The payload of each group of flat tuples, by index, keyed by its
+        body (the same key on every retry); those the generator fails on are
+        not encodable in ``verdicts``."""
+        payloads: dict[int, Payload] = {}
+        for index, group in enumerate(groups):
+            tuples = [from_flat_tuple(flat) for flat in group]
+            label, count = label_of(tuples)
+            try:
+                body, is_json = serialise(self.payload_generator(tuples))
+            except Exception as exc:  # logged by the drain, with the others
+                reason = (
+                    f"payload_generator failed for {label}: {self._secrets.redact_exception(exc)}"
+                )
+                verdicts.unencodable(index, reason)
+            else:
+                payloads[index] = Payload(body, is_json, label, count, body_key(body))
+        return payloads
 
     def _item_size(self, item: Item) -> int:
         if isinstance(item, Payload):
@@ -302,7 +312,10 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         return dumps_http_item(item)
 
     def _spool_loads(self, data: bytes) -> Item:
-        return loads_http_item(data, Payload)
+        item = loads_http_item(data, Payload)
+        if not isinstance(item, self._item_type):
+            self._adopted_other = True
+        return item
 
     def _spool_identity(self) -> tuple[str, str, str]:
         # The query may hold a secret: only its hash is written.
@@ -322,21 +335,35 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
     # -- sending ---------------------------------------------------------------
 
     def _send(self, batch: Sequence[Item]) -> Settlement:
-        if batch and not isinstance(batch[0], Payload):
-            return self._send_batched(batch)  # type: ignore[arg-type]
-        return self._send_payloads(batch)  # type: ignore[arg-type]
+        """This mode's items by ``_send_own``; the other mode's, adopted from
+        the spool, apart by ``_send_adopted``; one settlement for both."""
+        if not self._adopted_other:
+            return self._send_own(batch)
+        adopted = [
+            index for index, item in enumerate(batch) if not isinstance(item, self._item_type)
+        ]
+        if not adopted:
+            return self._send_own(batch)
+        verdicts = Verdicts(len(batch))
+        verdicts.merge(adopted, self._send_adopted([batch[index] for index in adopted]))
+        taken = set(adopted)
+        own = [index for index in range(len(batch)) if index not in taken]
+        if own:
+            verdicts.merge(own, self._send_own([batch[index] for index in own]))
+        return verdicts.settlement()
 
     def _send_payloads(self, batch: Sequence[Payload]) -> Settlement:
-        """Per request: the batch's POSTs at once over the connections, each
-        judged on its own (taken, refused alone, or retried), in one
-        settlement. One that got no answer, or an answer asking for a
-        retry, is retried alone: the others are settled by their answers."""
+        """Ready payloads (per request, or left in the spool by that mode):
+        the batch's POSTs at once over the connections, each judged on its
+        own (taken, refused alone, or retried), in one settlement. One that
+        got no answer, or an answer asking for a retry, is retried alone:
+        the others are settled by their answers."""
         outcomes = self._transport.post_many(
             [Post(payload.body, payload.is_json, payload.key) for payload in batch],
             self._cap(),
             self._asks_to_wait,
         )
-        verdicts = _Verdicts(len(batch))
+        verdicts = Verdicts(len(batch))
         # Those not sent last: the message is what the server said.
         order = sorted(range(len(batch)), key=lambda index: outcomes[index] is NOT_SENT)
         for index in order:
@@ -358,66 +385,6 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         """The deadline of every POST while shutting down (None before)."""
         deadline = self._stop_deadline
         return None if math.isinf(deadline) else deadline
-
-    def _send_batched(self, batch: Sequence[Tuples]) -> Settlement:
-        """Batched: one POST for the batch's requests. A 400 makes the batch
-        suspect (the drain narrows it down to the requests refused); if the
-        generator fails on the batch, the requests it fails on alone are
-        dropped and the others sent."""
-        merged = [_context_tuple(flat) for group in paced(batch) for flat in group]
-        label, count = _label(merged)
-        try:
-            body, is_json = serialise(self.payload_generator(merged))
-        except Exception:
-            return self._send_isolated(batch)
-        judged = self._post(Payload(body, is_json, label, count))
-        if judged.rest is Fate.REFUSED and judged.message.startswith("HTTP 400 "):
-            return Settlement(Fate.SUSPECT, message=judged.message)
-        return judged
-
-    def _send_isolated(self, batch: Sequence[Tuples]) -> Settlement:
-        """The generator failed on the batch: the requests it fails on alone
-        are not encodable; the others are sent (one by one if it fails on
-        the whole only)."""
-        verdicts = _Verdicts(len(batch))
-        good: list[int] = []
-        for index, group in enumerate(batch):
-            tuples = [_context_tuple(flat) for flat in group]
-            try:
-                serialise(self.payload_generator(tuples))
-            except Exception as exc:  # logged by the drain, with the others
-                label = _label(tuples)[0]
-                reason = (
-                    f"payload_generator failed for {label}: {self._secrets.redact_exception(exc)}"
-                )
-                verdicts.unencodable(index, reason)
-            else:
-                good.append(index)
-        if not good:
-            return verdicts.settlement()
-        if len(good) == len(batch):  # fails on the whole only: send one by one
-            return self._send_one_by_one(batch)
-        verdicts.merge(good, self._send_batched([batch[index] for index in good]))
-        return verdicts.settlement()
-
-    def _send_one_by_one(self, groups: Sequence[Tuples]) -> Settlement:
-        """One POST per request, each judged on its own, as in per-request
-        mode; a retry stops there."""
-        verdicts = _Verdicts(len(groups))
-        for index, group in enumerate(groups):
-            judged = self._send_batched([group])
-            if judged.rest is Fate.SUSPECT:  # a 400 for this request alone
-                judged = refused(judged.message)
-            verdicts.merge([index], judged)
-            if judged.fate(0) is Fate.RETRY:
-                return verdicts.rest(index + 1, verdicts.retry_settlement(index))
-        return verdicts.settlement()
-
-    def _post(self, payload: Payload) -> Settlement:
-        # Batched: the key of a body is its hash, the same on a retry.
-        key = hashlib.sha256(payload.body).hexdigest()[:32]
-        outcome = self._transport.post_many([Post(payload.body, payload.is_json, key)], self._cap())
-        return self._settle(outcome[0], payload)
 
     def _settle(self, outcome: Outcome, payload: Payload) -> Settlement:
         if isinstance(outcome, SendError):
@@ -471,60 +438,40 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
         super()._after_fork_in_child()
 
 
-class _Verdicts:
-    """The fates of a batch's items as its POSTs are answered."""
+def _modes() -> tuple[type[HTTPPayloadMetricExporter], ...]:
+    """The modes' classes: (batched, per request), indexed by ``per_request``."""
+    # Their modules import this one.
+    from ._batched import BatchedPayloadExporter
+    from ._per_request import PerRequestPayloadExporter
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.fates: dict[int, Fate] = {}
-        self.reasons: dict[int, str] = {}
-        self.message = ""
-        self.retry_after: float | None = None
+    return BatchedPayloadExporter, PerRequestPayloadExporter
 
-    def set(self, index: int, judged: Settlement) -> None:
-        """Item ``index`` was posted alone and ``judged`` so."""
-        self.merge([index], judged)
 
-    def unencodable(self, index: int, reason: str) -> None:
-        self.fates[index] = Fate.UNENCODABLE
-        self.reasons[index] = reason
+#: A subclass of ``HTTPPayloadMetricExporter`` and a mode's class, as one
+#: class, by (subclass, per_request).
+_WITH_MODE: dict[tuple[type, bool], type] = {}
 
-    def merge(self, indices: Sequence[int], judged: Settlement) -> None:
-        """The items at ``indices`` were posted together and ``judged`` so."""
-        for number, index in enumerate(indices):
-            fate = judged.fate(number)
-            self.fates[index] = fate
-            if fate is not Fate.DELIVERED:
-                self.reasons[index] = judged.reason(number)
-        if judged.rest is not Fate.DELIVERED or judged.fates:
-            self.message = self.message or judged.message
-            if judged.retry_after is not None:
-                # Several POSTs asked to wait: the longest wait holds for all.
-                self.retry_after = max(self.retry_after or 0.0, judged.retry_after)
 
-    def retry_settlement(self, index: int) -> Settlement:
-        """The answer that asked to retry item ``index``."""
-        return Settlement(
-            Fate.RETRY, message=self.reasons.get(index, ""), retry_after=self.retry_after
-        )
+def _with_mode(cls: type[Exporter], per_request: bool) -> type[Exporter]:
+    """The class of an exporter ``cls(per_request=per_request)``: the mode's
+    class; for a subclass of ``HTTPPayloadMetricExporter`` (the entry point's,
+    a user's), one that is both, named as the subclass."""
+    modes = _modes()
+    if issubclass(cls, modes):
+        return cls
+    mode = modes[per_request]
+    if cls is HTTPPayloadMetricExporter:
+        return mode  # type: ignore[return-value]
+    combined = _WITH_MODE.get((cls, per_request))
+    if combined is None:
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        combined = _WITH_MODE[cls, per_request] = type(cls.__name__, (cls, mode), namespace)
+    return combined
 
-    def rest(self, start: int, judged: Settlement) -> Settlement:
-        """The batch, items from ``start`` on not posted: they share
-        ``judged``'s fate (a retry, or a refusal of every POST)."""
-        for index in range(start, self.size):
-            self.fates[index] = judged.rest
-        self.message = judged.message
-        self.retry_after = judged.retry_after
-        return self.settlement()
 
-    def settlement(self) -> Settlement:
-        return Settlement(
-            Fate.DELIVERED,
-            {index: fate for index, fate in self.fates.items() if fate is not Fate.DELIVERED},
-            message=self.message,
-            reasons=self.reasons,
-            retry_after=self.retry_after,
-        )
+def body_key(body: bytes) -> str:
+    """An ``Idempotency-Key`` for ``body``: its hash, the same on a retry."""
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 def _max_connections(value: int | None, name: str) -> int:
@@ -546,16 +493,7 @@ def _max_connections(value: int | None, name: str) -> int:
     return value
 
 
-def _context_tuple(flat: FlatTuple | ContextTuple) -> ContextTuple:
-    """The ContextTuple ``flat_tuple`` flattened (as is if it is one already: a
-    spool file written before batched mode buffered flat tuples)."""
-    if isinstance(flat, ContextTuple):
-        return flat
-    name, value, request_id, time_unix_nano, kind = flat[:5]
-    return ContextTuple(name, value, request_id, attributes_of(flat[5:]), time_unix_nano, kind)
-
-
-def _label(group: Sequence[ContextTuple]) -> tuple[str, int]:
+def label_of(group: Sequence[ContextTuple]) -> tuple[str, int]:
     request_ids = list(dict.fromkeys(item[2] for item in group if item[2] is not None))
     if len(request_ids) == 1:
         return f"request {_printable(request_ids[0])}", 1
