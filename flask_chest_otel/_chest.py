@@ -89,7 +89,7 @@ class Chest:
     def collect_interval(self) -> float:
         """Seconds between hand-overs from the recorder: short for a spooling
         chest, so that what only memory holds stays small."""
-        if self.spools:
+        if self.spools or getattr(self.exporter, "steady", False):
             return min(self.export_interval, SPOOL_COLLECT_INTERVAL)
         return self.export_interval
 

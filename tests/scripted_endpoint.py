@@ -72,6 +72,8 @@ class ScriptedEndpoint:
         self.url = f"http://127.0.0.1:{self.port}/ingest"
         self._connections = 0
         self._numbers = 0
+        #: Requests that arrived before the answer to the one before them.
+        self.pipelined = 0
         self._closing = False
         self._sockets: list[socket.socket] = []
 
@@ -147,6 +149,9 @@ class ScriptedEndpoint:
                         return
                     buffer += data
                 body, buffer = buffer[:length], buffer[length:]
+                if buffer:  # the next request came before this one's answer
+                    with self._lock:
+                        self.pipelined += 1
                 stored = Stored(body, key, connection, number)
                 with self._lock:
                     self.stored.append(stored)

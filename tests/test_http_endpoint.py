@@ -225,7 +225,9 @@ def test_several_connections_keep_up_with_a_distant_endpoint(
 ) -> None:
     """An endpoint answering after 50 ms at 200 requests/s, or 200 ms at
     50/s, for 10 s (the exporter fed from a thread at that rate): at least
-    90 % are stored while the load runs, the rest within 3 s, each once."""
+    90 % are stored while the load runs, the rest within 3 s, each once,
+    and never a POST written on a connection before the answer to the one
+    before it."""
     seconds = 10.0
     with ScriptedEndpoint(lambda stored: Behaviour(delay=delay)) as end:
         exporter = writer(end.url)
@@ -253,6 +255,7 @@ def test_several_connections_keep_up_with_a_distant_endpoint(
         wait_for(lambda: len(end.stored) >= len(made), timeout=3.0)
         counts = end.counts()
         assert len(counts) == len(made) and set(counts.values()) == {1}
+        assert end.pipelined == 0  # one POST in flight per connection
 
 
 EXIT_SCRIPT = """

@@ -142,7 +142,11 @@ class Drain(Generic[Item]):
                 # chest's) is widened, its items still sent alone at first.
                 if len(batch) < 2 * POISON_PROBES:
                     batch = self.buffer.take(2 * POISON_PROBES, self.max_batch_bytes)
-                self.buffer.failed(batch[:1], reset=True)
+                if len(batch) > 1:
+                    self.buffer.failed(batch[:1], reset=True)
+                # else alone: probed again in the next round, the first with
+                # others to compare (sent beside it on other connections,
+                # they may all have been taken meanwhile).
                 self._narrow(_Pending(suspect=batch), tally, deadline, poison=True)
             else:
                 pending = self._send(batch, tally)

@@ -1,8 +1,12 @@
 """POSTs on our own kept-alive connections, answers parsed by the standard
 library's :class:`http.client.HTTPResponse` (no HTTP reader of our own).
 
-Each POST is one ``sendall`` of a byte template requests prepared once; its
-answer is read by ``HTTPResponse`` from :class:`_AnswerFile`, a file over the
+Each POST is one ``sendall`` of a byte template requests prepared once. A
+lane (thread) carries a :class:`_Group` of up to ``GROUP`` connections: it
+writes a POST on each, then reads their answers in turn (never two in flight
+on one connection). An answer whose head ``http.client`` read before, byte
+for byte, is not parsed again (:class:`_KnownHeads`); any other answer is
+read by ``HTTPResponse`` from :class:`_AnswerFile`, a file over the
 socket that bounds the whole answer by the POST's deadline (a server
 answering a byte a second cannot hold it longer) and keeps what it read past
 the answer: bytes after an answer (a 204 with a body, garbage) close the
@@ -51,6 +55,12 @@ MAX_DRAIN = 1 << 20
 #: Seconds to read an answer waiting after our write failed (a 413 sent
 #: before the body was read, then a close).
 ANSWER_AFTER_FAILED_WRITE = 1.0
+#: Connections one lane (one thread) carries: it writes a POST on each, then
+#: reads their answers, so that one wake-up finds several answers waiting.
+#: Waiting for each answer alone cost 33 us of CPU per POST on the
+#: benchmark machine, 4 at a time 15 us, 8 at a time 11 us (bytes on
+#: sockets, no HTTP: a thread's sleep and wake-up per answer is most of it).
+GROUP = 4
 
 
 class DirectTransport(Transport):
@@ -79,9 +89,18 @@ class DirectTransport(Transport):
         key = f"{IDEMPOTENCY_KEY}: ".encode()
         #: By ``Post.is_json``: the head up to the key's value.
         self._heads = (head + key, head + json_lines.encode("latin-1") + key)
-        self._lanes: Lanes[_Connection] = Lanes(
-            self.max_connections, lambda: _Connection(self), _Connection.close, self.what
-        )
+        lanes = -(-self.max_connections // GROUP)
+        #: Connections of each lane, in the order lanes are made (the
+        #: sender's own first): ``max_connections`` in all.
+        self._group_sizes = [GROUP] * (lanes - 1) + [self.max_connections - GROUP * (lanes - 1)]
+        self._groups_made = 0
+        self._lanes: Lanes[_Group] = Lanes(lanes, self._new_group, _Group.close, self.what)
+
+    def _new_group(self) -> _Group:
+        sizes = self._group_sizes
+        size = sizes[min(self._groups_made, len(sizes) - 1)]
+        self._groups_made += 1
+        return _Group(self, size)
 
     def _make_ssl_context(self) -> ssl.SSLContext:
         if self.verify is False:
@@ -103,9 +122,25 @@ class DirectTransport(Transport):
     def _post_many(
         self, posts: Sequence[Post], deadline: float | None, stop: Callable[[Outcome], bool] | None
     ) -> list[Outcome]:
-        return self._lanes.run(
-            lambda connection, post: connection.post(post, deadline), posts, FAILED, stop, NOT_SENT
+        """Each lane takes ``GROUP`` POSTs at a time, one per connection."""
+        chunks = [posts[start : start + GROUP] for start in range(0, len(posts), GROUP)]
+        asks_to_stop = None if stop is None else lambda outcomes: any(map(stop, outcomes))
+        results = self._lanes.run(
+            lambda group, chunk: group.post_all(chunk, deadline, stop),
+            chunks,
+            _FAILED_CHUNK,
+            asks_to_stop,
+            _SKIPPED_CHUNK,
         )
+        outcomes: list[Outcome] = []
+        for chunk, result in zip(chunks, results, strict=True):
+            if result is _FAILED_CHUNK:
+                outcomes += [FAILED] * len(chunk)
+            elif result is _SKIPPED_CHUNK:
+                outcomes += [NOT_SENT] * len(chunk)
+            else:
+                outcomes += result
+        return outcomes
 
     @property
     def helpers(self) -> int:
@@ -119,27 +154,72 @@ class DirectTransport(Transport):
         self._lanes.close()
 
     def after_fork_in_child(self) -> None:
+        self._groups_made = 0
         self._lanes.after_fork_in_child()
+
+
+#: A chunk whose sending raised (a bug), and one not started.
+_FAILED_CHUNK: list[Outcome] = []
+_SKIPPED_CHUNK: list[Outcome] = []
+
+
+class _Group:
+    """A lane's connections: ``post_all`` writes one POST on each, then
+    reads their answers in turn (never two POSTs in flight on one)."""
+
+    __slots__ = ("connections",)
+
+    def __init__(self, transport: DirectTransport, size: int) -> None:
+        self.connections = [_Connection(transport) for _ in range(size)]
+
+    def post_all(
+        self, posts: Sequence[Post], cap: float | None, stop: Callable[[Outcome], bool] | None
+    ) -> list[Outcome]:
+        """What became of each POST; once one satisfies ``stop``, those not
+        yet written are not: :data:`NOT_SENT`."""
+        connections = self.connections
+        outcomes: list[Outcome] = []
+        for start in range(0, len(posts), len(connections)):
+            wave = zip(connections, posts[start : start + len(connections)], strict=False)
+            written = [(connection, connection.send(post, cap)) for connection, post in wave]
+            outcomes += [
+                connection.answer() if outcome is None else outcome
+                for connection, outcome in written
+            ]
+            if stop is not None and any(map(stop, outcomes)):
+                return outcomes + [NOT_SENT] * (len(posts) - len(outcomes))
+        return outcomes
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()
 
 
 class _Connection:
     """One kept-alive connection (opened on first use, and again after a
     close), carrying one POST at a time."""
 
-    __slots__ = ("_capped", "_sock", "_transport")
+    __slots__ = ("_capped", "_deadline", "_sock", "_transport")
 
     def __init__(self, transport: DirectTransport) -> None:
         self._transport = transport
         self._sock: socket.socket | None = None
         #: The POST under way must end before shutdown's deadline.
         self._capped = False
+        #: When the POST under way must have its answer.
+        self._deadline = 0.0
 
-    def post(self, post: Post, cap: float | None) -> Outcome:
+    def send(self, post: Post, cap: float | None) -> Outcome | None:
+        """Writes ``post``: None, its answer to be read by ``answer``; else
+        what became of it (no connection, or the write failed)."""
         transport = self._transport
         deadline = time.monotonic() + transport.total_timeout
         self._capped = cap is not None and cap < deadline
         if cap is not None:
             deadline = min(deadline, cap)
+        self._deadline = deadline
+        if self._capped and deadline <= time.monotonic():
+            return SendError("not sent: the shutdown deadline passed", True)
         try:
             sock = self._socket(deadline)
         except OSError as exc:  # nothing sent: safe to send again
@@ -153,7 +233,14 @@ class _Connection:
             answer = self._read(sock, min(deadline, time.monotonic() + ANSWER_AFTER_FAILED_WRITE))
             self.close()
             return answer if isinstance(answer, Answer) else self._error(exc)
-        return self._read(sock, deadline)
+        return None
+
+    def answer(self) -> Outcome:
+        """The answer to the POST ``send`` wrote."""
+        sock = self._sock
+        if sock is None:  # pragma: no cover - send returned an outcome then
+            return SendError("no connection", True)
+        return self._read(sock, self._deadline)
 
     def _read(self, sock: socket.socket, deadline: float) -> Outcome:
         """The answer to the POST just written: parsed by ``http.client``

@@ -1,4 +1,5 @@
-"""Lanes: up to N POSTs at once, one in flight per lane (per connection).
+"""Lanes: up to N jobs at once, one per lane (a thread with its own state:
+for the direct transport, a group of connections, ``_direct._Group``).
 
 Why threads and not ``selectors``: ``http.client.HTTPResponse`` reads its
 answer from a blocking file, and parsing with the standard library is the
