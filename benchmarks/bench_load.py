@@ -27,8 +27,9 @@ once over as many kept-alive connections),
 POST at a time), and ``post_floor``: prometheus-flask-exporter plus one POST
 per request written by hand (a background thread, one kept-alive socket, a
 prebuilt head, the answer read by its length, nothing parsed, no retry):
-what one POST per request costs at the least on the app's core, so that
-``per_request`` can be read against it.
+the floor of a writer that waits for each answer before the next POST, so
+that ``per_request`` can be read against it (which writes a POST on each of
+4 connections before reading their answers, and can go below it).
 
 Pinned by default, so that the backends never count against the app
 (measured fair on 2 cores): gunicorn (master, workers and every thread of
