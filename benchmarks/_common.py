@@ -15,11 +15,13 @@ import json
 import os
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +53,27 @@ def var_names(count: int) -> list[str]:
 def cust_payload_generator(context_tuple_list: list[Any]) -> dict[int, Any]:
     """The sample usage's payload generator."""
     return dict(enumerate(context_tuple_list))
+
+
+def raw_socket(url: str) -> socket.socket:
+    """A kept-alive TCP connection to ``url``'s host, Nagle off."""
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def raw_post(sock: socket.socket, message: bytes, buffer: bytes) -> bytes:
+    """Writes ``message`` (a whole POST) and reads its answer by its
+    ``Content-Length``, nothing else parsed; returns what followed the
+    answer (``buffer`` is what followed the one before)."""
+    sock.sendall(message)
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        buffer += sock.recv(65536)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", buffer[:end]).group(1))  # type: ignore[union-attr]
+    while len(buffer) < end + 4 + length:
+        buffer += sock.recv(65536)
+    return buffer[end + 4 + length :]
 
 
 # -- servers ------------------------------------------------------------------

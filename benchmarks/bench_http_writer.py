@@ -32,8 +32,6 @@ import argparse
 import http.client
 import json
 import os
-import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,7 @@ from typing import Any
 
 import requests
 import urllib3
+from _common import raw_post, raw_socket
 from opentelemetry.sdk.metrics.export import (
     Gauge,
     Metric,
@@ -139,8 +138,7 @@ def _cpu_socket(url: str, body: bytes, posts: int) -> float:
     """The same POST as bytes on a kept-alive socket, the answer read by its
     length and not parsed: below what any HTTP client can do."""
     parts = urllib.parse.urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = raw_socket(url)
     message = (
         b"POST /ingest HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (parts.netloc.encode(), len(body), body)
@@ -148,13 +146,7 @@ def _cpu_socket(url: str, body: bytes, posts: int) -> float:
     buffer = b""
     start = time.process_time()
     for _ in range(posts):
-        sock.sendall(message)
-        while (end := buffer.find(b"\r\n\r\n")) < 0:
-            buffer += sock.recv(65536)
-        length = int(re.search(rb"(?i)content-length: *(\d+)", buffer[:end]).group(1))  # type: ignore[union-attr]
-        while len(buffer) < end + 4 + length:
-            buffer += sock.recv(65536)
-        buffer = buffer[end + 4 + length :]
+        buffer = raw_post(sock, message, buffer)
     cpu = time.process_time() - start
     sock.close()
     return cpu

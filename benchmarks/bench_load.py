@@ -70,7 +70,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _common import ROOT, cpu_seconds, cust_payload_generator, sample_view  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    cpu_seconds,
+    cust_payload_generator,
+    raw_post,
+    raw_socket,
+    sample_view,
+)
 from flask import Flask  # noqa: E402
 from lean_sink import LeanSink  # noqa: E402
 
@@ -169,7 +176,6 @@ def _floor_poster(url: str) -> Callable[[Any], Any]:
     thread POSTs one JSON payload per request (the sample generator's shape)
     over one kept-alive socket, each answer read by its ``Content-Length``."""
     import queue
-    import socket
     import threading
     import uuid
 
@@ -181,18 +187,11 @@ def _floor_poster(url: str) -> Callable[[Any], Any]:
     waiting: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def post() -> None:
-        sock = socket.create_connection((parts.hostname, parts.port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = raw_socket(url)
         buffer = b""
         while True:
             body = json.dumps({"0": ["transaction", 1, waiting.get()]}).encode()
-            sock.sendall(head % len(body) + body)
-            while (end := buffer.find(b"\r\n\r\n")) < 0:
-                buffer += sock.recv(65536)
-            length = int(re.search(rb"Content-Length: *(\d+)", buffer[:end]).group(1))  # type: ignore[union-attr]
-            while len(buffer) < end + 4 + length:
-                buffer += sock.recv(65536)
-            buffer = buffer[end + 4 + length :]
+            buffer = raw_post(sock, head % len(body) + body, buffer)
 
     threading.Thread(target=post, daemon=True).start()
 
