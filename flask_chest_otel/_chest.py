@@ -88,7 +88,9 @@ class Chest:
     @property
     def collect_interval(self) -> float:
         """Seconds between hand-overs from the recorder: short for a spooling
-        chest, so that what only memory holds stays small."""
+        chest, so that what only memory holds stays small, and for an
+        exporter that is ``steady`` (per-request POSTs: a stream, not a
+        burst per export interval)."""
         if self.spools or getattr(self.exporter, "steady", False):
             return min(self.export_interval, SPOOL_COLLECT_INTERVAL)
         return self.export_interval
