@@ -90,17 +90,12 @@ class DirectTransport(Transport):
         #: By ``Post.is_json``: the head up to the key's value.
         self._heads = (head + key, head + json_lines.encode("latin-1") + key)
         lanes = -(-self.max_connections // GROUP)
-        #: Connections of each lane, in the order lanes are made (the
-        #: sender's own first): ``max_connections`` in all.
-        self._group_sizes = [GROUP] * (lanes - 1) + [self.max_connections - GROUP * (lanes - 1)]
-        self._groups_made = 0
         self._lanes: Lanes[_Group] = Lanes(lanes, self._new_group, _Group.close, self.what)
 
-    def _new_group(self) -> _Group:
-        sizes = self._group_sizes
-        size = sizes[min(self._groups_made, len(sizes) - 1)]
-        self._groups_made += 1
-        return _Group(self, size)
+    def _new_group(self, index: int) -> _Group:
+        """Lane ``index``'s connections: ``GROUP``, the last lane the rest of
+        ``max_connections``."""
+        return _Group(self, min(GROUP, self.max_connections - GROUP * index))
 
     def _make_ssl_context(self) -> ssl.SSLContext:
         if self.verify is False:
@@ -154,7 +149,6 @@ class DirectTransport(Transport):
         self._lanes.close()
 
     def after_fork_in_child(self) -> None:
-        self._groups_made = 0
         self._lanes.after_fork_in_child()
 
 
@@ -249,11 +243,6 @@ class _Connection:
         answer_file = _AnswerFile(sock, deadline)
         heads = self._transport.known_heads
         try:
-            if answer_file.fill():
-                # The common case: the whole answer in one read, its head known.
-                answer = heads.whole(answer_file.buffer)
-                if answer is not None:
-                    return answer
             head_bytes, known = heads.match(answer_file)
             if known is not None:
                 return self._known_answer(answer_file, known)
@@ -297,7 +286,7 @@ class _Connection:
             return self._error(http.client.IncompleteRead(body, head.length - len(body)))
         if head.will_close or answer_file.buffer:
             self.close()
-        return Answer(head.status, head.retry_after, head.location, body[:EXCERPT])
+        return head.answer_with(body[:EXCERPT])
 
     def _error(self, exc: BaseException) -> SendError:
         transport = self._transport
@@ -356,6 +345,14 @@ class _Head:
         #: The last answer with this head (reused while its body is the same).
         self.answer: Answer | None = None
 
+    def answer_with(self, body: bytes) -> Answer:
+        """The answer of this head and ``body`` (an immutable Answer is
+        kept: the same body comes again)."""
+        answer = self.answer
+        if answer is None or answer.body != body:
+            self.answer = answer = Answer(self.status, self.retry_after, self.location, body)
+        return answer
+
 
 class _KnownHeads:
     """Answers' heads that ``http.client`` parsed, by their exact bytes.
@@ -403,20 +400,6 @@ class _KnownHeads:
         if known is not None:
             answer_file.skip(len(head_bytes))
         return head_bytes, known
-
-    def whole(self, data: bytearray) -> Answer | None:
-        """The answer ``data`` is, if it is a known head and its whole body,
-        nothing less or more, on a connection that stays open; else None."""
-        end = data.find(b"\r\n\r\n") + 4
-        known = self._heads.get(bytes(data[:end])) if end > 3 else None
-        if known is None or known.will_close or len(data) != end + known.length:
-            return None
-        body = bytes(data[end : end + EXCERPT])
-        answer = known.answer
-        if answer is None or answer.body != body:
-            # Kept: the same body comes again, and an Answer is immutable.
-            known.answer = answer = Answer(known.status, known.retry_after, known.location, body)
-        return answer
 
     def learn(self, head_bytes: bytes, response: http.client.HTTPResponse) -> None:
         """Keeps what ``http.client`` read from ``head_bytes`` (its whole head)."""

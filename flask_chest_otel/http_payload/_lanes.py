@@ -54,13 +54,14 @@ class _Lane(Generic[State]):
 
 class Lanes(Generic[State]):
     """Runs a batch of jobs over up to ``size`` lanes, each with a state of
-    its own made by ``new_state`` (a connection) and released by
+    its own made by ``new_state(index)`` (the lane's number, in the order
+    lanes are made, from 0) and released by
     ``close_state``."""
 
     def __init__(
         self,
         size: int,
-        new_state: Callable[[], State],
+        new_state: Callable[[int], State],
         close_state: Callable[[State], None],
         name: str,
     ) -> None:
@@ -180,7 +181,7 @@ class Lanes(Generic[State]):
     def _caller_lane(self) -> _Lane[State]:
         lane = self._caller
         if lane is None:
-            lane = self._caller = _Lane(self._new_state())
+            lane = self._caller = _Lane(self._new_state(len(self._lanes)))
             with self._cond:
                 self._lanes.append(lane)
         elif time.monotonic() - lane.idle_since > IDLE_SECONDS:
@@ -190,7 +191,7 @@ class Lanes(Generic[State]):
     def _start_helpers(self, wanted: int) -> None:
         """Starts helper threads up to ``wanted`` (under ``_cond``)."""
         while self._can_start and not self._closed and len(self._helpers) < wanted:
-            lane = _Lane(self._new_state())
+            lane = _Lane(self._new_state(len(self._lanes)))
             thread = threading.Thread(
                 target=self._help,
                 args=(lane,),

@@ -291,7 +291,7 @@ class RequestsTransport(Transport):
         # (Any: requests takes None values, which its type stubs do not say.)
         self._proxies: dict[str, Any] = {**dict.fromkeys(consulted), **self.proxies}
         self._lanes: Lanes[None] = Lanes(
-            self.max_connections, lambda: None, lambda state: None, self.what
+            self.max_connections, lambda index: None, lambda state: None, self.what
         )
 
     def _new_session(self) -> requests.Session:
