@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -31,6 +30,7 @@ from ._names import (
     DURATION_VARIABLE,
     RESERVED_TAG_NAMES,
 )
+from ._random import random16
 from ._recorder import RECORDER, FlatAttributes, Record, flat_attributes
 from ._trace import current_span_ids
 from ._values import coerce, tag_text
@@ -68,8 +68,9 @@ LOG_INTERVAL = 300.0
 
 
 def default_request_id() -> str:
-    """A random UUID4 string, as ``str(uuid.uuid4())`` gives, in half its time."""
-    raw = bytearray(os.urandom(16))
+    """A random UUID4 string, as ``str(uuid.uuid4())`` gives, in a third of
+    its time, from the same source (see ``_random``)."""
+    raw = bytearray(random16())
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     text = raw.hex()

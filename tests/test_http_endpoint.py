@@ -27,7 +27,7 @@ from flask_chest_otel.http_payload import HTTPPayloadMetricExporter
 from .conftest import wait_for
 from .scripted_endpoint import Behaviour, ScriptedEndpoint, Stored
 from .test_gunicorn import free_port, wait_until_serving
-from .test_http_payload import recorded
+from .test_http_payload import high_descriptors, recorded  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,6 +120,22 @@ def test_an_endpoint_closing_without_an_answer_gets_that_post_again_with_its_key
         assert counts[repeated] == 2 and len(counts) == 12
         keys = end.keys_of(repeated)
         assert keys[0] and keys[0] == keys[1]
+
+
+@pytest.mark.usefixtures("high_descriptors")
+def test_with_socket_numbers_above_1024_one_connection_is_kept_for_every_post(
+    writer: Callable[..., HTTPPayloadMetricExporter],
+) -> None:
+    """The check that an idle connection is still open (``poll``) works
+    above descriptor 1024: with ``select`` it raised there, and every POST
+    opened a new connection."""
+    with ScriptedEndpoint(lambda stored: Behaviour()) as end:
+        exporter = writer(end.url, max_connections=1)
+        for batch in range(5):
+            export(exporter, ids(10, prefix=f"b{batch}-"))
+            assert exporter.force_flush(10_000)
+        assert len(end.counts()) == 50 and set(end.counts().values()) == {1}
+        assert end.connections == 1
 
 
 def test_a_known_head_with_its_body_cut_short_is_sent_again_with_its_key(

@@ -39,6 +39,7 @@ from .._delivery import (
     too_large,
 )
 from .._http import check_url, parse_retry_after, safe_url
+from .._random import random16
 from .._records import VERSION
 from .._redact import Secrets, guard_third_party_logs
 from .._spool_codecs import dumps_http_item, loads_http_item
@@ -72,7 +73,7 @@ MAX_CONNECTIONS = 256
 
 
 def _new_key() -> str:
-    return os.urandom(16).hex()
+    return random16().hex()
 
 
 @dataclass(frozen=True, slots=True)
