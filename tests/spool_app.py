@@ -7,7 +7,9 @@ The config names the chests: ``{"tag": ..., "chests": [{"kind": "http" |
 "influx", "name": ..., "url": ..., "spool_dir": ..., "options": {...}}]}``.
 Commands, each answered by one line on stdout: ``serve N`` (N requests of
 the sample app, request IDs ``<tag>-<pid>-<n>``; answers ``served``),
-``stats`` (the chests' delivery counters as JSON), ``quit``.
+``stats`` (the chests' delivery counters as JSON), ``state`` (where
+measurements not yet in an exporter's buffer may be: the recorder's queue,
+what it dropped, every thread's stack; as JSON), ``quit``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import itertools
 import json
 import os
 import sys
+import threading
+import traceback
 from typing import Any
 
 from flask_chest_otel import FlaskChestCustomWriter, FlaskChestInfluxDB
+from flask_chest_otel._recorder import RECORDER
 
 from .conftest import sample_app
 
@@ -47,6 +52,19 @@ def make_chest(config: dict[str, Any]) -> Any:
     )
 
 
+def state() -> dict[str, Any]:
+    """The recorder's queue and every thread's stack, for a failure's message."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return {
+        "recorder_pending": len(RECORDER._pending),
+        "recorder_dropped": RECORDER.dropped,
+        "threads": {
+            names.get(ident, str(ident)): "".join(traceback.format_stack(frame)[-6:])
+            for ident, frame in sys._current_frames().items()
+        },
+    }
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     chests = [make_chest(chest) for chest in config["chests"]]
@@ -64,6 +82,8 @@ def main() -> None:
         elif command[0] == "stats":
             stats = [dataclasses.asdict(chest.exporter.stats) for chest in chests]
             print(json.dumps(stats), flush=True)
+        elif command[0] == "state":
+            print(json.dumps(state()), flush=True)
         elif command[0] == "quit":
             break
     for chest in chests:

@@ -36,7 +36,7 @@ from flask_chest_otel._delivery import (
 )
 from flask_chest_otel._logging import RateLimitedLog
 
-from .conftest import read_rows, sample_app
+from .conftest import read_rows, sample_app, wait_for
 
 
 class ScriptedExporter(BufferedExporter[int]):
@@ -650,3 +650,35 @@ def test_a_probe_that_hits_the_bad_item_leaves_no_good_one_taken_for_bad(where: 
     assert sorted(exporter.delivered) == sorted(set(range(size)) - bad)
     assert exporter.stats.dropped_rejected == len(bad)
     exporter.shutdown()
+
+
+def test_a_probe_whose_item_is_dropped_for_room_meanwhile_is_not_taken_for_passed() -> None:
+    """Backend down, buffer full: the poison probe of the oldest batch's
+    middle item fails, and while it was under way the buffer dropped that
+    item for room (the collector added newer ones). A failed send is no
+    sign that the backend takes anything: nothing is dropped as poison,
+    and every item is still buffered or counted as dropped for room."""
+    added = 20
+    hooked = threading.Event()
+
+    class DroppedWhileProbed(ScriptedExporter):
+        def _send(self, batch: Sequence[int]) -> Settlement:
+            settlement = super()._send(batch)
+            if len(batch) == 1 and not hooked.is_set():
+                hooked.set()
+                # 11 newer items: the 11 oldest go, the probed 10th among them.
+                self.put(*range(100, 111))
+            return settlement
+
+    exporter = DroppedWhileProbed(
+        lambda batch: retry("503"), max_buffer_items=20, max_batch_items=20
+    )
+    exporter.put(*range(added))
+    assert wait_for(lambda: hooked.is_set(), timeout=5)
+    sent_then = len(exporter.sent)
+    # The next round's whole batch (more than one item): the probing round is over.
+    assert wait_for(lambda: any(len(b) > 1 for b in exporter.sent[sent_then:]), timeout=5)
+    stats = exporter.stats
+    assert stats.dropped_rejected == 0, stats
+    assert stats.buffered + stats.dropped_buffer_full == added + 11, stats
+    exporter.shutdown(timeout_millis=10)

@@ -43,6 +43,11 @@ NOBODY = 65534
 class App:
     """A process of ``tests/spool_app.py``; its stderr goes to a file."""
 
+    #: Every process started: one a failed test left running is stopped at
+    #: its teardown (``stop_leftover_apps``), not left to the garbage
+    #: collector, whose warnings about its pipes would fail the next test.
+    started: list[App] = []
+
     def __init__(self, tmp_path: Path, tag: str, *chests: dict[str, Any]) -> None:
         self.stderr_path = tmp_path / f"{tag}.{len(list(tmp_path.glob(f'{tag}.*')))}.stderr"
         config = json.dumps({"tag": tag, "chests": list(chests)})
@@ -52,6 +57,7 @@ class App:
                 cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                 text=True,
             )  # fmt: skip
+        App.started.append(self)
 
     def command(self, line: str) -> str:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -68,6 +74,12 @@ class App:
         stats: list[dict[str, int]] = json.loads(self.command("stats"))
         return stats
 
+    def state(self) -> str:
+        """The app's recorder queue and thread stacks (``spool_app.state``), as text."""
+        found = json.loads(self.command("state"))
+        threads = found.pop("threads")
+        return f"{found}\n" + "\n".join(f"--- {name}\n{stack}" for name, stack in threads.items())
+
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.communicate(timeout=30)
@@ -79,6 +91,16 @@ class App:
     @property
     def stderr(self) -> str:
         return self.stderr_path.read_text()
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_apps() -> Iterator[None]:
+    yield
+    apps, App.started[:] = list(App.started), []
+    for app in apps:
+        if app.process.returncode is None:  # neither killed nor quit
+            app.process.kill()
+            app.process.communicate(timeout=30)  # closes its pipes
 
 
 def writer(name: str, url: str, spool_dir: Path, **options: Any) -> dict[str, Any]:
@@ -182,13 +204,19 @@ def test_the_spool_stays_within_spool_max_bytes_while_the_backend_is_down(
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    seen: dict[str, int] = {}
+
+    def counted() -> int:
+        (stats,) = app.stats()
+        seen.update(stats)
+        return stats["buffered"] + stats["dropped_buffer_full"]
+
     try:
         for _ in range(20):
             app.serve(1_000)
-        assert wait_for(
-            lambda: sum(app.stats()[0][key] for key in ("buffered", "dropped_buffer_full"))
-            == 20_000,
-            timeout=30,
+        assert wait_for(lambda: counted() == 20_000, timeout=30), (
+            f"buffered + dropped_buffer_full != 20,000 requests: {seen}\n{app.state()}\n"
+            f"{app.stderr[-4000:]}"
         )
     finally:
         serving = False

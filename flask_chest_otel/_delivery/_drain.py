@@ -63,13 +63,17 @@ class _Pending(Generic[Item]):
     too_large: list[Entry[Item]] = field(default_factory=list)
     delivered: int = 0
     settled: int = 0
+    #: The send failed (a retry, while looking for poison): never clean, even
+    #: when none of its items is left to suspect (the buffer dropped them for
+    #: room while the send was under way).
+    failed: bool = False
 
     @property
     def clean(self) -> bool:
         """Every item delivered."""
-        return not (self.retry or self.suspect or self.resend or self.too_large) and (
-            self.delivered == self.settled
-        )
+        return not (
+            self.failed or self.retry or self.suspect or self.resend or self.too_large
+        ) and (self.delivered == self.settled)
 
 
 @dataclass
@@ -373,7 +377,11 @@ class Drain(Generic[Item]):
         if not poison:
             return None
         tally.retry = False  # poison: a failure is what is being looked for
-        return _Pending(suspect=self.buffer.unsettled(group))
+        # Failed, whether or not its items are still buffered: one dropped for
+        # room meanwhile is gone from the suspects, but its send is no sign
+        # that the backend takes anything (taken for one, a backend that is
+        # down had the rest of the batch dropped as poison).
+        return _Pending(suspect=self.buffer.unsettled(group), failed=True)
 
     @staticmethod
     def _next(
