@@ -43,7 +43,7 @@ The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
 another machine); the request IDs are read back from either.
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
-        [--app-cpus 0 --rest-cpus 1 | --no-pin]
+        [--app-cpus 0 --rest-cpus 1 | --no-pin] [--pacing-slice SECONDS]
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ GTHREAD_THREADS = 4
 def app_from_env() -> Flask:
     """gunicorn's app: the variant named by $BENCH_VARIANT."""
     variant = os.environ["BENCH_VARIANT"]
+    if os.environ.get("BENCH_PACING_SLICE"):
+        from flask_chest_otel import _pacing
+
+        _pacing.SLICE_SECONDS = float(os.environ["BENCH_PACING_SLICE"])
     influx_url = os.environ.get("BENCH_INFLUX_URL", "")
     sink_url = os.environ.get("BENCH_SINK_URL", "")
     app = Flask(f"bench_load_{variant}")
@@ -581,6 +585,11 @@ def main() -> None:
     parser.add_argument("--app-cpus", default="0", help="CPUs for gunicorn (taskset -c)")
     parser.add_argument("--rest-cpus", default="1", help="CPUs for wrk and the backends")
     parser.add_argument("--no-pin", action="store_true", help="share every CPU")
+    parser.add_argument(
+        "--pacing-slice", type=float, default=None, metavar="SECONDS",
+        help="our background threads' slice between pauses (flask_chest_otel._pacing."
+        "SLICE_SECONDS) in the workers, to weigh it",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.no_pin:
         print("bench_load: not pinned (--no-pin)", file=sys.stderr)
@@ -588,6 +597,8 @@ def main() -> None:
         cpus = [[int(cpu) for cpu in text.split(",")] for text in (args.app_cpus, args.rest_cpus)]
         print(pin(*cpus), file=sys.stderr)
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
+    if args.pacing_slice is not None:  # read by app_from_env in each worker
+        os.environ["BENCH_PACING_SLICE"] = str(args.pacing_slice)
     results = run(
         rounds,
         seconds,

@@ -46,7 +46,13 @@ T = TypeVar("T")
 #: Longest stretch of wall time a background thread works between pauses.
 #: 0.05 ms: under gunicorn sync -w 2, SQLite chest p99 3.5-3.9 ms against
 #: 4.3-4.8 ms with 0.2 ms (prometheus-flask-exporter 2.3-2.5 ms; 6-8
-#: interleaved rounds, docs/benchmarks.md).
+#: interleaved rounds, docs/benchmarks.md). Weighed again on 2026-12-03,
+#: pinned (``bench_load.py --pacing-slice``), as pausing costs context
+#: switches (per_request: 0.66 pauses and 2.8 switches per request,
+#: ``benchmarks/syscalls_per_request.sh``): with 0.2 ms, per_request 0.91x
+#: prometheus' req/s and 1.81x its p99, against 0.98x and 1.27x with 0.05
+#: ms; sqlite 1.07x and 1.71x against 1.06x and 1.27x (4 interleaved
+#: pairs): fewer pauses cost more than they save.
 SLICE_SECONDS = 0.00005
 #: How long it sleeps then (Linux makes it about 0.15 ms).
 PAUSE_SECONDS = 0.0001

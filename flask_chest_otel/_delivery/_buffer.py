@@ -138,6 +138,13 @@ class Buffer(Generic[Item]):
         """Unsettled items."""
         return self.stats.buffered
 
+    def count_not_encoded(self, items: int = 1) -> None:
+        """Counts ``items`` lost to encoding (``stats.dropped_encoding``),
+        under the lock the sender counts its own under: an unlocked ``+=``
+        from the collector's thread could lose the sender's increment."""
+        with self.lock:
+            self.stats.dropped_encoding += items
+
     def add(self, items: Sequence[tuple[Item, int]]) -> int:
         """Adds (item, size) pairs, oldest first, spooling them; drops the
         oldest beyond the bounds. Returns how many were dropped."""

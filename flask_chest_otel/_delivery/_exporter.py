@@ -303,7 +303,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                     self.enqueue(items)
                     items = []
         except Exception:
-            self.stats.dropped_encoding += 1
+            self._buffer.count_not_encoded()
             self.logger.exception(
                 "%s: could not encode metrics; the rest of this export is dropped", self.name
             )

@@ -64,7 +64,7 @@ class PerRequestPayloadExporter(HTTPPayloadMetricExporter):
         try:
             body, is_json = serialise(self.payload_generator(group))
         except Exception as exc:
-            self.stats.dropped_encoding += 1
+            self._buffer.count_not_encoded()
             self._log_generator_failure(label, exc)
             return None
         return Payload(body, is_json, label, count)
