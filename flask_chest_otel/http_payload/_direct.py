@@ -7,10 +7,12 @@ writes a POST on each, then reads their answers in turn (never two in flight
 on one connection). The sockets are non-blocking: a write or read is tried
 first and waited for (``poll``, bounded by the POST's deadline) only when
 the kernel cannot take or give bytes at once, and a wave checks its idle
-connections with one ``poll``. A timeout socket would ``poll`` before every
-call and switch its mode with an ``ioctl`` at every ``settimeout``: 7
-system calls per POST, now about 2.5. An answer whose head ``http.client`` read before, byte
-for byte, is not parsed again (:class:`_KnownHeads`); any other answer is
+connections with one ``poll``. A socket with a timeout would ``poll``
+before every call and switch its mode with an ``ioctl`` at every
+``settimeout``: 7 system calls per POST, now about 2.5, each one a moment
+the GIL goes to another thread and must be waited for again (the app's
+request thread among them). An answer whose head ``http.client`` read
+before, byte for byte, is not parsed again (:class:`_KnownHeads`); any other answer is
 read by ``HTTPResponse`` from :class:`_AnswerFile`, a file over the
 socket that bounds the whole answer by the POST's deadline (a server
 answering a byte a second cannot hold it longer) and keeps what it read past
@@ -560,7 +562,7 @@ def _wait(sock: socket.socket, events: int, deadline: float) -> None:
     descriptor's number, unlike ``select``."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError("answer not complete before the deadline")
+        raise TimeoutError("the POST's deadline passed")
     poller = select.poll()
     poller.register(sock, events)
     poller.poll(math.ceil(remaining * 1000))
