@@ -196,3 +196,23 @@ def http_exporters(sink: HTTPSink) -> Iterator[Callable[..., HTTPPayloadMetricEx
     yield make
     for exporter in exporters:
         exporter.shutdown(timeout_millis=2_000)
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """1,100 descriptors held open, so that the writer's sockets get numbers
+    above 1024 (where ``select.select`` refuses them)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            pytest.skip(f"the descriptor limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1_100)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -27,7 +27,7 @@ from flask_chest_otel.http_payload import HTTPPayloadMetricExporter
 from .conftest import wait_for
 from .scripted_endpoint import Behaviour, ScriptedEndpoint, Stored
 from .test_gunicorn import free_port, wait_until_serving
-from .test_http_payload import high_descriptors, recorded  # noqa: F401 (a fixture)
+from .test_http_payload import recorded
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,6 @@ import email.utils
 import gc
 import json
 import logging
-import os
 import pickle
 import socket
 import time
@@ -819,26 +818,6 @@ def test_verify_false_delivers_to_a_self_signed_server(
     exporter = make_exporter(url=tls_sink.url + "/ingest", verify=False)
     assert deliver(exporter, recorded(("r1", [("transaction", 1)])))
     assert len(tls_sink.posts()) == 1
-
-
-@pytest.fixture
-def high_descriptors() -> Iterator[None]:
-    """1,100 descriptors held open, so that the writer's sockets get numbers
-    above 1024 (where ``select.select`` refuses them)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 2048:
-        if hard != resource.RLIM_INFINITY and hard < 2048:
-            pytest.skip(f"the descriptor limit is {hard}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
-    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1_100)]
-    try:
-        yield
-    finally:
-        for fd in held:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.usefixtures("high_descriptors")
