@@ -19,27 +19,27 @@ EVENTS=(syscalls:sys_enter_accept4 raw_syscalls:sys_enter syscalls:sys_enter_fut
         syscalls:sys_enter_clock_nanosleep syscalls:sys_enter_sendto syscalls:sys_enter_recvfrom
         syscalls:sys_enter_poll syscalls:sys_enter_pselect6 syscalls:sys_enter_ioctl
         syscalls:sys_enter_getrandom context-switches)
-for variant in "${@:-prometheus per_request}"; do
-  for v in $variant; do
-    log=$(mktemp)
-    PYTHONPATH=$ROOT "$PYTHON" benchmarks/bench_load.py --rounds 1 --seconds 16 --variants "$v" >"$log" 2>&1 &
-    bench=$!
-    workers=""
-    for _ in $(seq 1 120); do
-      sleep 0.5
-      master=$(pgrep -f "gunicorn.*bench_load" | head -1 || true)
-      [ -n "$master" ] || continue
-      workers=$(pgrep -P "$master" | paste -sd, || true)
-      [ "$(echo "$workers" | tr ',' '\n' | grep -c .)" = 2 ] && break
-    done
-    [ -n "$workers" ] || { echo "syscalls_per_request: no gunicorn workers for $v" >&2; cat "$log" >&2; exit 1; }
-    sleep 5
-    args=()
-    for event in "${EVENTS[@]}"; do args+=(-e "$event"); done
-    echo "== $v ($(git rev-parse --short HEAD), $(date -u +%FT%TZ))"
-    taskset -c 1 perf stat "${args[@]}" -x, -p "$workers" -- sleep 6 2>&1 \
-      | awk -F, 'NR==1 {requests=$1} {printf "%-40s %8.2f per request\n", $3, $1/requests}'
-    wait "$bench"
-    rm -f "$log"
+variants=("$@")
+[ ${#variants[@]} -gt 0 ] || variants=(prometheus per_request)
+for v in "${variants[@]}"; do
+  log=$(mktemp)
+  PYTHONPATH=$ROOT "$PYTHON" benchmarks/bench_load.py --rounds 1 --seconds 16 --variants "$v" >"$log" 2>&1 &
+  bench=$!
+  workers=""
+  for _ in $(seq 1 120); do
+    sleep 0.5
+    master=$(pgrep -f "gunicorn.*bench_load" | head -1 || true)
+    [ -n "$master" ] || continue
+    workers=$(pgrep -P "$master" | paste -sd, || true)
+    [ "$(echo "$workers" | tr ',' '\n' | grep -c .)" = 2 ] && break
   done
+  [ -n "$workers" ] || { echo "syscalls_per_request: no gunicorn workers for $v" >&2; cat "$log" >&2; exit 1; }
+  sleep 5
+  args=()
+  for event in "${EVENTS[@]}"; do args+=(-e "$event"); done
+  echo "== $v ($(git rev-parse --short HEAD), $(date -u +%FT%TZ))"
+  taskset -c 1 perf stat "${args[@]}" -x, -p "$workers" -- sleep 6 2>&1 \
+    | awk -F, 'NR==1 {requests=$1} {printf "%-40s %8.2f per request\n", $3, $1/requests}'
+  wait "$bench"
+  rm -f "$log"
 done

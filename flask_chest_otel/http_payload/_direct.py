@@ -241,12 +241,9 @@ class _Connection:
             return answer if isinstance(answer, Answer) else self._error(exc)
         return None
 
-    @property
-    def open(self) -> bool:
-        return self._sock is not None
-
-    def fileno(self) -> int:
-        return self._sock.fileno() if self._sock is not None else -1
+    def fileno(self) -> int | None:
+        """The open connection's descriptor; None when there is none."""
+        return self._sock.fileno() if self._sock is not None else None
 
     def answer(self, wait_first: bool = False) -> Outcome:
         """The answer to the POST ``send`` wrote (``wait_first``: it cannot
@@ -517,7 +514,9 @@ def _close_dropped(connections: Sequence[_Connection]) -> None:
     """Closes the idle kept-alive connections the server closed meanwhile
     (readable: an EOF or stray bytes), as urllib3 checks before reuse: one
     ``poll`` for them all."""
-    open_ = {connection.fileno(): connection for connection in connections if connection.open}
+    open_ = {
+        fd: connection for connection in connections if (fd := connection.fileno()) is not None
+    }
     if not open_:
         return
     poller = select.poll()
