@@ -42,8 +42,15 @@ The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
 ``--influx lean`` to a lean endpoint that keeps the lines (a TSDB on
 another machine); the request IDs are read back from either.
 
+A variant may carry settings of our background threads' pacing
+(``flask_chest_otel._pacing``), to weigh one against the default in the same
+interleaved rounds: ``--variants prometheus,per_request,per_request@grace=0.005``
+(``@slice=`` and ``@grace=``, in seconds; ``--pacing-slice`` sets the slice
+of every variant).
+
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
         [--app-cpus 0 --rest-cpus 1 | --no-pin] [--pacing-slice SECONDS]
+        [--variants prometheus,per_request,per_request@grace=0.005]
 """
 
 from __future__ import annotations
@@ -94,6 +101,10 @@ DELIVERING = {
     "flask_chest_0010", "sqlite", "batched", "per_request", "per_request_one_connection",
     "post_floor",
 }  # fmt: skip
+#: Settings a variant can carry, ``per_request@grace=0.002@slice=0.0001``, to
+#: weigh them against the variant without, in the same interleaved rounds:
+#: the attribute of ``flask_chest_otel._pacing`` each sets in the workers.
+KNOBS = {"slice": "SLICE_SECONDS", "grace": "GRACE_SECONDS"}
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
 GTHREAD_THREADS = 4
@@ -102,24 +113,48 @@ GTHREAD_THREADS = 4
 # -- the app of each variant (built inside each gunicorn worker) ---------------
 
 
+def parse_variant(spec: str) -> tuple[str, dict[str, float]]:
+    """``per_request@grace=0.002`` -> ``("per_request", {"grace": 0.002})``;
+    ValueError for an unknown variant or setting."""
+    base, *settings = spec.split("@")
+    if base not in VARIANTS:
+        raise ValueError(f"unknown variant {base!r} (one of {', '.join(VARIANTS)})")
+    knobs: dict[str, float] = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in KNOBS:
+            raise ValueError(f"{spec}: unknown setting {name!r} (one of {', '.join(KNOBS)})")
+        knobs[name] = float(value)
+    return base, knobs
+
+
+def label(spec: str) -> str:
+    """A variant's name in URLs, tags and file names."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", spec)
+
+
 def app_from_env() -> Flask:
     """gunicorn's app: the variant named by $BENCH_VARIANT."""
-    variant = os.environ["BENCH_VARIANT"]
+    spec = os.environ["BENCH_VARIANT"]
+    variant, knobs = parse_variant(spec)
     if os.environ.get("BENCH_PACING_SLICE"):
+        knobs.setdefault("slice", float(os.environ["BENCH_PACING_SLICE"]))
+    if knobs:
         from flask_chest_otel import _pacing
 
-        _pacing.SLICE_SECONDS = float(os.environ["BENCH_PACING_SLICE"])
+        for name, value in knobs.items():
+            setattr(_pacing, KNOBS[name], value)
     influx_url = os.environ.get("BENCH_INFLUX_URL", "")
     sink_url = os.environ.get("BENCH_SINK_URL", "")
     app = Flask(f"bench_load_{variant}")
     view = sample_view(["transaction", "response_time"])
-    tags = {"app": variant}
+    tags = {"app": label(spec)}
     if variant in ("prometheus", "post_floor"):
         from prometheus_flask_exporter import PrometheusMetrics
 
         PrometheusMetrics(app)
         if variant == "post_floor":
-            app.after_request(_floor_poster(f"{sink_url}/{variant}"))
+            app.after_request(_floor_poster(f"{sink_url}/{label(spec)}"))
     elif variant == "otel":
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
         from opentelemetry.sdk.metrics import MeterProvider
@@ -140,7 +175,7 @@ def app_from_env() -> Flask:
         chests = [
             OldInfluxDB(app, host=parts.hostname, port=parts.port, token="t", org="o",
                         bucket="b", custom_tags=tags),
-            OldWriter(name="SignalFX", url=f"{sink_url}/{variant}",
+            OldWriter(name="SignalFX", url=f"{sink_url}/{label(spec)}",
                       payload_generator=cust_payload_generator, verify=False,
                       success_status_codes=[200, 201], logger=_quiet_logger()),
         ]  # fmt: skip
@@ -160,7 +195,7 @@ def app_from_env() -> Flask:
             chests = [
                 FlaskChestInfluxDB(name="InfluxDB", url=influx_url, token="t", org="o",
                                    bucket="b", custom_tags=tags),
-                FlaskChestCustomWriter(name="SignalFX", url=f"{sink_url}/{variant}",
+                FlaskChestCustomWriter(name="SignalFX", url=f"{sink_url}/{label(spec)}",
                                        payload_generator=cust_payload_generator, verify=False,
                                        success_status_codes=[200, 201],
                                        per_request=variant != "batched",
@@ -406,21 +441,26 @@ def _sqlite_request_ids(path: str) -> set[str]:
         connection.close()
 
 
+def _sqlite_path(directory: str, variant: str) -> str:
+    return str(Path(directory) / f"{label(variant)}.sqlite3")
+
+
 def delivered(
-    variant: str, influx: str | LeanSink, sink: HTTPSink | LeanSink, sqlite_path: str
+    variant: str, influx: str | LeanSink, sink: HTTPSink | LeanSink, sqlite_dir: str
 ) -> dict[str, int]:
     """Distinct request IDs each target of ``variant`` holds (``influx``:
     VictoriaMetrics' URL, or the lean endpoint standing in for it)."""
-    if variant == "sqlite":
-        return {"SQLite": len(_sqlite_request_ids(sqlite_path))}
-    if variant == "post_floor":
-        return {"HTTP": len(_sink_request_ids(sink, f"/{variant}"))}
+    base, name = parse_variant(variant)[0], label(variant)
+    if base == "sqlite":
+        return {"SQLite": len(_sqlite_request_ids(_sqlite_path(sqlite_dir, variant)))}
+    if base == "post_floor":
+        return {"HTTP": len(_sink_request_ids(sink, f"/{name}"))}
     influx_ids = (
-        _lean_influx_request_ids(influx, variant)
+        _lean_influx_request_ids(influx, name)
         if isinstance(influx, LeanSink)
-        else _vm_request_ids(influx, variant)
+        else _vm_request_ids(influx, name)
     )
-    return {"InfluxDB": len(influx_ids), "HTTP": len(_sink_request_ids(sink, f"/{variant}"))}
+    return {"InfluxDB": len(influx_ids), "HTTP": len(_sink_request_ids(sink, f"/{name}"))}
 
 
 # -- the run ---------------------------------------------------------------------
@@ -451,11 +491,16 @@ def run(
             vm = stack.enter_context(start_victoria_metrics(Path(tmp) / "vm"))
             influx = influx_url = vm.url
             vm_pid = vm.process.pid
-        sqlite_path = str(Path(tmp) / "chest.sqlite3")
         env = {"BENCH_INFLUX_URL": influx_url, "BENCH_SINK_URL": sink.url,
-               "BENCH_SQLITE": sqlite_path, "PYTHONPATH": str(ROOT)}  # fmt: skip
+               "PYTHONPATH": str(ROOT)}  # fmt: skip
         servers = {
-            name: stack.enter_context(gunicorn(name, env, worker_class=worker_class))
+            name: stack.enter_context(
+                gunicorn(
+                    name,
+                    {**env, "BENCH_SQLITE": _sqlite_path(tmp, name)},
+                    worker_class=worker_class,
+                )
+            )
             for name in variants
         }
         for name, (url, _) in servers.items():
@@ -478,10 +523,10 @@ def run(
                 results[name]["runs"].append(measured)
         for name in variants:
             results[name]["served"] = served[name]
-            if name in DELIVERING:
+            if parse_variant(name)[0] in DELIVERING:
                 deadline = time.monotonic() + 120
                 while True:
-                    got = delivered(name, influx, sink, sqlite_path)
+                    got = delivered(name, influx, sink, tmp)
                     if all(count >= served[name] for count in got.values()):
                         break
                     if time.monotonic() > deadline:
@@ -563,7 +608,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS),
+        help="comma-separated; a variant may carry pacing settings to weigh them in the same "
+        "rounds, e.g. per_request,per_request@grace=0.002@slice=0.0001",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--worker-class", choices=("sync", "gthread"), default="sync",
@@ -591,6 +640,11 @@ def main() -> None:
         "SLICE_SECONDS) in the workers, to weigh it",
     )  # fmt: skip
     args = parser.parse_args()
+    for spec in args.variants.split(","):
+        try:
+            parse_variant(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.no_pin:
         print("bench_load: not pinned (--no-pin)", file=sys.stderr)
     else:

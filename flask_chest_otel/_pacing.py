@@ -16,7 +16,19 @@ exporters encoding them, senders taking batches and writing rows) call
 the last pause, it sleeps ``PAUSE_SECONDS``, a real sleep during which a
 waiting thread takes the GIL. (Growing the slice after pauses no other
 thread used made p99 worse: a request thread is often in I/O at that
-moment, and waits for the longer slice when it comes back.) While no
+moment, and waits for the longer slice when it comes back.)
+
+A pause is not free: the sleep, the timer's wake-up, which preempts the
+request thread, and the wait for the GIL back cost two or three context
+switches and cold caches, far more CPU than the 0.05 ms slice. So each
+piece of work (from one ``background`` call: a collection, a sender's
+round) runs its first ``GRACE_SECONDS`` without a pause. A collection
+every 50 ms of the requests since (the per-request HTTP writer's), or a
+sender's round between two socket calls, is shorter than that and never
+pauses; a collection of a whole export interval's requests (seconds of
+them) pauses after it as before. A request thread waits at most the
+grace behind a background thread, once per piece of work, instead of the
+switch interval. While no
 decorated request was recorded for a while (``requests_seen``), it does not
 pause at all, so that an idle process drains a backlog at full speed (an
 app whose only busy routes are undecorated is then not protected; see
@@ -56,6 +68,14 @@ T = TypeVar("T")
 SLICE_SECONDS = 0.00005
 #: How long it sleeps then (Linux makes it about 0.15 ms).
 PAUSE_SECONDS = 0.0001
+#: The first stretch of each piece of work (from ``background``) before its
+#: first pause. 2 ms: per_request's pauses fell from 0.71 to 0.11 per request
+#: and its context switches from 3.4 to 1.4 (5 ms: 0.04 and 1.3; no pacing
+#: at all: 1.1), ``benchmarks/syscalls_per_request.sh``; its workers' CPU
+#: per request from 1.39x prometheus-flask-exporter's to 1.26x, p99
+#: unchanged (1.49x), sqlite's and batched's p99 1.07x and 1.27x against
+#: 1.12x and 1.18x (8 pinned interleaved rounds, 2026-12-03, docs/benchmarks.md).
+GRACE_SECONDS = 0.002
 
 _local = threading.local()
 _NEVER = float("inf")
@@ -74,7 +94,7 @@ def background(paced: bool, deadline: float = _NEVER) -> None:
     """Makes the calling thread pause in its loops (True) or not (False);
     paused, until ``deadline`` (``time.perf_counter()``) at most, then at full
     speed."""
-    _local.until = _clock() + SLICE_SECONDS if paced else None
+    _local.until = _clock() + GRACE_SECONDS + SLICE_SECONDS if paced else None
     _local.deadline = deadline
 
 

@@ -95,3 +95,43 @@ def test_only_background_threads_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     # 50 ms of work in slices, each followed by a pause (0.1 ms asked for).
     assert 50 <= len(pauses) <= 0.05 / _pacing.SLICE_SECONDS, len(pauses)
     assert set(pauses) == {_pacing.PAUSE_SECONDS}
+
+
+def test_a_piece_of_work_shorter_than_the_grace_never_pauses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A collection or a sender's round (one ``background`` call) pauses
+    only once it has run ``GRACE_SECONDS``: a request handed over alone
+    costs no context switch. A longer one pauses every slice after that,
+    and the next piece of work has its grace again."""
+    monkeypatch.setattr(_pacing, "GRACE_SECONDS", 0.002)
+    pauses: list[float] = []
+    started = [0.0]
+
+    def sleep(seconds: float) -> None:
+        pauses.append(time.perf_counter() - started[0])
+        time.sleep(seconds)
+
+    monkeypatch.setattr(_pacing, "time", types.SimpleNamespace(sleep=sleep))
+    _pacing.requests_seen(60.0)
+
+    def work(seconds: float) -> None:
+        _pacing.background(paced=True)
+        started[0] = time.perf_counter()
+        for _ in _pacing.paced(range(10_000_000)):
+            if time.perf_counter() - started[0] > seconds:
+                break
+
+    try:
+        for _ in range(20):
+            work(0.001)
+        assert pauses == []
+        work(0.03)
+        assert pauses, "30 ms of work never paused"
+        assert min(pauses) >= 0.002, pauses[:3]
+        assert len(pauses) >= 20, len(pauses)
+        pauses.clear()
+        work(0.001)
+        assert pauses == []
+    finally:
+        _pacing.background(paced=False)
