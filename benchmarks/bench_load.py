@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import importlib
 import json
 import os
 import random
@@ -104,7 +105,11 @@ DELIVERING = {
 #: Settings a variant can carry, ``per_request@grace=0.002@slice=0.0001``, to
 #: weigh them against the variant without, in the same interleaved rounds:
 #: the attribute of ``flask_chest_otel._pacing`` each sets in the workers.
-KNOBS = {"slice": "SLICE_SECONDS", "grace": "GRACE_SECONDS"}
+KNOBS = {
+    "slice": ("flask_chest_otel._pacing", "SLICE_SECONDS"),
+    "grace": ("flask_chest_otel._pacing", "GRACE_SECONDS"),
+    "steady": ("flask_chest_otel._chest", "STEADY_COLLECT_INTERVAL"),
+}
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
 GTHREAD_THREADS = 4
@@ -139,11 +144,9 @@ def app_from_env() -> Flask:
     variant, knobs = parse_variant(spec)
     if os.environ.get("BENCH_PACING_SLICE"):
         knobs.setdefault("slice", float(os.environ["BENCH_PACING_SLICE"]))
-    if knobs:
-        from flask_chest_otel import _pacing
-
-        for name, value in knobs.items():
-            setattr(_pacing, KNOBS[name], value)
+    for name, value in knobs.items():
+        module, attribute = KNOBS[name]
+        setattr(importlib.import_module(module), attribute, value)
     influx_url = os.environ.get("BENCH_INFLUX_URL", "")
     sink_url = os.environ.get("BENCH_SINK_URL", "")
     app = Flask(f"bench_load_{variant}")

@@ -23,7 +23,7 @@ request thread, and the wait for the GIL back cost two or three context
 switches and cold caches, far more CPU than the 0.05 ms slice. So each
 piece of work (from one ``background`` call: a collection, a sender's
 round) runs its first ``GRACE_SECONDS`` without a pause. A collection
-every 50 ms of the requests since (the per-request HTTP writer's), or a
+every 10 ms of the requests since (the per-request HTTP writer's), or a
 sender's round between two socket calls, is shorter than that and never
 pauses; a collection of a whole export interval's requests (seconds of
 them) pauses after it as before. A request thread waits at most the
@@ -71,10 +71,11 @@ PAUSE_SECONDS = 0.0001
 #: The first stretch of each piece of work (from ``background``) before its
 #: first pause. 2 ms: per_request's pauses fell from 0.71 to 0.11 per request
 #: and its context switches from 3.4 to 1.4 (5 ms: 0.04 and 1.3; no pacing
-#: at all: 1.1), ``benchmarks/syscalls_per_request.sh``; its workers' CPU
-#: per request from 1.39x prometheus-flask-exporter's to 1.26x, p99
-#: unchanged (1.49x), sqlite's and batched's p99 1.07x and 1.27x against
-#: 1.12x and 1.18x (8 pinned interleaved rounds, 2026-12-03, docs/benchmarks.md).
+#: at all: 1.1; ``benchmarks/syscalls_per_request.sh``), its workers' CPU
+#: per request from 1.25x prometheus-flask-exporter's to 1.19x; with its
+#: collections every 50 ms, p99 rose from 1.29x to 1.40x, which collections
+#: every 10 ms brought to 1.21x (``_chest.STEADY_COLLECT_INTERVAL``); sqlite
+#: unchanged (pinned interleaved rounds, 2026-12-03, docs/benchmarks.md).
 GRACE_SECONDS = 0.002
 
 _local = threading.local()

@@ -78,6 +78,11 @@ HAND_OVER_SECONDS = 0.001
 #: the spooling chests' collect interval (``_chest.SPOOL_COLLECT_INTERVAL``),
 #: what bounds the age of what a SIGKILL loses, at any load.
 SPOOL_PACED_SECONDS = 0.075
+#: Seconds between collections while the last one found nothing (and no
+#: chest spools), if the shortest collect interval is shorter: a steady
+#: chest's 10 ms would wake an idle process 100 times a second (2.5 % of a
+#: core on the development host, against 0.5 % at 50 ms).
+IDLE_COLLECT_INTERVAL = 0.05
 
 
 class Sink:
@@ -186,14 +191,17 @@ class Recorder:
 
     def _run(self) -> None:
         due = 0.0
+        collected = 0
         while True:
             spooling = self.spooling
             if spooling:
                 # Counted from the last collection's start: the time it took
                 # never adds to what waits in memory only.
                 self._wake.wait(max(0.0, due - time.monotonic()))
-            else:
+            elif collected:
                 self._wake.wait(self.interval)
+            else:  # idle: a short (steady) interval would only cost wake-ups
+                self._wake.wait(max(self.interval, IDLE_COLLECT_INTERVAL))
             self._wake.clear()
             due = time.monotonic() + self.interval
             # Behind (a burst): collect at full speed, as losing nothing
@@ -202,8 +210,10 @@ class Recorder:
                 paced=len(self._pending) < self.collect_at,
                 deadline=self._spool_deadline() if spooling else float("inf"),
             )
+            collected = 0
             try:
-                if self.collect():
+                collected = self.collect()
+                if collected:
                     requests_seen(2 * self.interval)
             except Exception:  # never let the collector die
                 LOGGER.exception("flask_chest_otel: collecting measurements failed")

@@ -18,9 +18,14 @@ from typing import Any
 import pytest
 
 from flask_chest_otel import FlaskChestInfluxDB, _pacing
-from flask_chest_otel._chest import Chest
+from flask_chest_otel._chest import STEADY_COLLECT_INTERVAL, Chest
 from flask_chest_otel._delivery import DELIVERED, BufferedExporter, Settlement, retry
-from flask_chest_otel._recorder import SPOOL_PACED_SECONDS, Record, Recorder
+from flask_chest_otel._recorder import (
+    IDLE_COLLECT_INTERVAL,
+    SPOOL_PACED_SECONDS,
+    Record,
+    Recorder,
+)
 from flask_chest_otel._spool import Spool, spooled_payloads
 from flask_chest_otel._spool_codecs import dumps_value, loads_value
 from flask_chest_otel.environment_variables import FLASK_CHEST_SPOOL_FSYNC
@@ -294,3 +299,41 @@ def test_spool_fsync_is_an_option_of_every_spooling_chest_and_of_the_environment
         exporter.shutdown(timeout_millis=0)
     with pytest.raises(ValueError, match="spool_fsync must be one of"):
         Received(spool_dir=tmp_path / "bad", spool_fsync="often")
+
+
+def test_a_steady_chest_is_collected_every_10_ms_while_requests_come_and_less_often_idle() -> None:
+    """The per-request writer is ``steady``: its requests are handed over
+    every ``STEADY_COLLECT_INTERVAL`` (short collections, which never pause
+    for the GIL); an idle process wakes only every ``IDLE_COLLECT_INTERVAL``."""
+    exporter = Received(up=True)
+    exporter.steady = True  # type: ignore[attr-defined]
+    chest = Chest("window", exporter, export_interval=2)
+    recorder = Recorder()
+    collections: list[int] = []
+    collect = recorder.collect
+
+    def counted() -> int:
+        collections.append(collected := collect())
+        return collected
+
+    recorder.collect = counted  # type: ignore[method-assign]
+    try:
+        sink = recorder.sink([chest])
+        assert recorder.interval == STEADY_COLLECT_INTERVAL == 0.01
+        ended = time.monotonic() + 0.4
+        number = 0
+        while time.monotonic() < ended:  # a request every 2 ms for 0.4 s
+            number += 1
+            recorder.record_many([(sink.key, "a", number, ("request_id", f"r{number}"),
+                                   time.time_ns(), None, ())])  # fmt: skip
+            time.sleep(0.002)
+        busy = sum(1 for count in collections if count)
+        assert busy >= 16, collections  # every 10 ms: about 40; every 50 ms: 8
+        time.sleep(0.1)
+        collections.clear()
+        time.sleep(0.5)
+        assert len(collections) <= 0.5 / IDLE_COLLECT_INTERVAL + 2, collections
+        assert exporter.received == number
+    finally:
+        recorder.forget(chest)
+        chest.exporter.shutdown(timeout_millis=1_000)
