@@ -51,6 +51,8 @@ class Recorded:
     body: bytes
     client: tuple[str, int]
     received: float
+    #: The connection it came on: 1 for the first the sink accepted, and so on.
+    connection: int = 0
 
     @property
     def path(self) -> str:
@@ -74,6 +76,10 @@ class _Server(QuietServer):
 class _Handler(QuietHandler):
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection_number = self.server.sink._new_connection()
+
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -89,6 +95,7 @@ class _Handler(QuietHandler):
                 body=body,
                 client=self.client_address[:2],
                 received=time.monotonic(),
+                connection=self.connection_number,
             )
         )
         if reply.delay:
@@ -135,6 +142,8 @@ class HTTPSink(LoopbackServer):
         self._requests: list[Recorded] = []
         self._posts = 0
         self._bytes = 0
+        #: Connections accepted so far.
+        self.connections = 0
         #: OPTIONS requests answered (the writer's probe for pipelining).
         self.probes = 0
         self._lock = threading.Condition()
@@ -151,6 +160,11 @@ class HTTPSink(LoopbackServer):
         """Answers the next requests with ``replies``, in order."""
         with self._lock:
             self._script.extend(replies)
+
+    def _new_connection(self) -> int:
+        with self._lock:
+            self.connections += 1
+            return self.connections
 
     def _record_and_reply(self, recorded: Recorded) -> Reply:
         with self._lock:
