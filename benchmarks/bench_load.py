@@ -42,11 +42,11 @@ The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
 ``--influx lean`` to a lean endpoint that keeps the lines (a TSDB on
 another machine); the request IDs are read back from either.
 
-A variant may carry settings of our background threads' pacing
-(``flask_chest_otel._pacing``), to weigh one against the default in the same
-interleaved rounds: ``--variants prometheus,per_request,per_request@grace=0.005``
-(``@slice=`` and ``@grace=``, in seconds; ``--pacing-slice`` sets the slice
-of every variant).
+A variant may carry settings of our background threads, to weigh one
+against the default in the same interleaved rounds: ``--variants
+prometheus,per_request,per_request@grace=0.005`` (``@slice=`` and ``@grace=``
+of ``flask_chest_otel._pacing``, ``@steady=`` the steady chests' collect
+interval, all in seconds; ``--pacing-slice`` sets the slice of every variant).
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
         [--app-cpus 0 --rest-cpus 1 | --no-pin] [--pacing-slice SECONDS]
@@ -104,7 +104,7 @@ DELIVERING = {
 }  # fmt: skip
 #: Settings a variant can carry, ``per_request@grace=0.002@slice=0.0001``, to
 #: weigh them against the variant without, in the same interleaved rounds:
-#: the attribute of ``flask_chest_otel._pacing`` each sets in the workers.
+#: the module attribute each sets in the workers.
 KNOBS = {
     "slice": ("flask_chest_otel._pacing", "SLICE_SECONDS"),
     "grace": ("flask_chest_otel._pacing", "GRACE_SECONDS"),
@@ -613,8 +613,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument(
         "--variants", default=",".join(VARIANTS),
-        help="comma-separated; a variant may carry pacing settings to weigh them in the same "
-        "rounds, e.g. per_request,per_request@grace=0.002@slice=0.0001",
+        help="comma-separated; a variant may carry settings (slice, grace, steady) to weigh "
+        "them in the same rounds, e.g. per_request,per_request@grace=0.002@slice=0.0001",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(

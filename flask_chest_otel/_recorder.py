@@ -78,10 +78,11 @@ HAND_OVER_SECONDS = 0.001
 #: the spooling chests' collect interval (``_chest.SPOOL_COLLECT_INTERVAL``),
 #: what bounds the age of what a SIGKILL loses, at any load.
 SPOOL_PACED_SECONDS = 0.075
-#: Seconds between collections while the last one found nothing (and no
-#: chest spools), if the shortest collect interval is shorter: a steady
-#: chest's 10 ms would wake an idle process 100 times a second (2.5 % of a
-#: core on the development host, against 0.5 % at 50 ms).
+#: Seconds between collections while the last one found nothing, if the
+#: shortest collect interval is shorter: a steady chest's 10 ms would wake
+#: an idle process 100 times a second (2.5 % of a core on the development
+#: host, against 0.5 % at 50 ms). The same as a spooling chest's interval, so
+#: the first record after a pause reaches the spool as soon as before.
 IDLE_COLLECT_INTERVAL = 0.05
 
 
@@ -190,20 +191,21 @@ class Recorder:
             self._thread.start()
 
     def _run(self) -> None:
-        due = 0.0
+        started = 0.0  # the last collection's
         collected = 0
         while True:
             spooling = self.spooling
+            interval = self.interval
+            if not collected:  # idle: a short (steady) interval would only cost wake-ups
+                interval = max(interval, IDLE_COLLECT_INTERVAL)
             if spooling:
                 # Counted from the last collection's start: the time it took
                 # never adds to what waits in memory only.
-                self._wake.wait(max(0.0, due - time.monotonic()))
-            elif collected:
-                self._wake.wait(self.interval)
-            else:  # idle: a short (steady) interval would only cost wake-ups
-                self._wake.wait(max(self.interval, IDLE_COLLECT_INTERVAL))
+                self._wake.wait(max(0.0, started + interval - time.monotonic()))
+            else:
+                self._wake.wait(interval)
             self._wake.clear()
-            due = time.monotonic() + self.interval
+            started = time.monotonic()
             # Behind (a burst): collect at full speed, as losing nothing
             # comes before latency.
             background(
