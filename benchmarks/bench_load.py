@@ -46,7 +46,8 @@ A variant may carry settings of our background threads, to weigh one
 against the default in the same interleaved rounds: ``--variants
 prometheus,per_request,per_request@grace=0.005`` (``@slice=`` and ``@grace=``
 of ``flask_chest_otel._pacing``, ``@steady=`` the steady chests' collect
-interval, all in seconds; ``--pacing-slice`` sets the slice of every variant).
+interval, all in seconds; ``@group=`` the HTTP writer's connections per
+thread; ``--pacing-slice`` sets the slice of every variant).
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
         [--app-cpus 0 --rest-cpus 1 | --no-pin] [--pacing-slice SECONDS]
@@ -109,6 +110,7 @@ KNOBS = {
     "slice": ("flask_chest_otel._pacing", "SLICE_SECONDS"),
     "grace": ("flask_chest_otel._pacing", "GRACE_SECONDS"),
     "steady": ("flask_chest_otel._chest", "STEADY_COLLECT_INTERVAL"),
+    "group": ("flask_chest_otel.http_payload._direct", "GROUP"),
 }
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
@@ -129,7 +131,8 @@ def parse_variant(spec: str) -> tuple[str, dict[str, float]]:
         name, _, value = setting.partition("=")
         if name not in KNOBS:
             raise ValueError(f"{spec}: unknown setting {name!r} (one of {', '.join(KNOBS)})")
-        knobs[name] = float(value)
+        number = float(value)
+        knobs[name] = int(number) if number.is_integer() else number
     return base, knobs
 
 
@@ -613,7 +616,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument(
         "--variants", default=",".join(VARIANTS),
-        help="comma-separated; a variant may carry settings (slice, grace, steady) to weigh "
+        help="comma-separated; a variant may carry settings (slice, grace, steady, group) to weigh "
         "them in the same rounds, e.g. per_request,per_request@grace=0.002@slice=0.0001",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
