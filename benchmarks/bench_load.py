@@ -131,7 +131,10 @@ def parse_variant(spec: str) -> tuple[str, dict[str, float]]:
         name, _, value = setting.partition("=")
         if name not in KNOBS:
             raise ValueError(f"{spec}: unknown setting {name!r} (one of {', '.join(KNOBS)})")
-        number = float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{spec}: {name} needs a number, got {value!r}") from None
         knobs[name] = int(number) if number.is_integer() else number
     return base, knobs
 
