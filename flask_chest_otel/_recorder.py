@@ -195,9 +195,9 @@ class Recorder:
         collected = 0
         while True:
             spooling = self.spooling
-            interval = self.interval
-            if not collected:  # idle: a short (steady) interval would only cost wake-ups
-                interval = max(interval, IDLE_COLLECT_INTERVAL)
+            shortest = self.interval
+            # Idle: a short (steady) interval would only cost wake-ups.
+            interval = shortest if collected else max(shortest, IDLE_COLLECT_INTERVAL)
             if spooling:
                 # Counted from the last collection's start: the time it took
                 # never adds to what waits in memory only.
@@ -216,7 +216,7 @@ class Recorder:
             try:
                 collected = self.collect()
                 if collected:
-                    requests_seen(2 * self.interval)
+                    requests_seen(2 * shortest)
             except Exception:  # never let the collector die
                 LOGGER.exception("flask_chest_otel: collecting measurements failed")
 
