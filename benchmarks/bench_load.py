@@ -14,6 +14,10 @@ variant does not pay for. "req/s ceiling" is what that alone leaves a
 variant whose workers would spend no more CPU than prometheus' (at
 saturation; see ``rps_ceiling``). Medians over rounds with min-max spread; ratios
 against prometheus-flask-exporter are the medians of each round's ratio.
+Below the table, for req/s: that median with a 95 % interval for it (the
+order statistics a binomial count gives, no assumption on the spread; 6
+rounds or more), and how many rounds read 0.9x or more: on a shared host
+one run's median moves by several percent, and the interval says how far.
 
 Variants: ``plain`` (no instrumentation), ``prometheus``
 (prometheus-flask-exporter), ``otel`` (opentelemetry-instrumentation-flask
@@ -61,6 +65,7 @@ import contextlib
 import gzip
 import importlib
 import json
+import math
 import os
 import random
 import re
@@ -557,8 +562,31 @@ def round_ratio(result: dict[str, Any], base: dict[str, Any], key: str) -> float
     the same round: the rounds interleave the variants, so a round's ratio
     cancels what the host did between rounds (in one run prometheus' req/s
     spread over 2,042-3,574)."""
+    return statistics.median(round_ratios(result, base, key))
+
+
+def round_ratios(result: dict[str, Any], base: dict[str, Any], key: str) -> list[float]:
+    """Each round's ratio of ``result``'s ``key`` against ``base``'s."""
     pairs = zip(result["runs"], base["runs"], strict=True)
-    return statistics.median(ours[key] / theirs[key] for ours, theirs in pairs)
+    return [ours[key] / theirs[key] for ours, theirs in pairs]
+
+
+def median_interval(values: list[float], coverage: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of what ``values`` were
+    drawn from: the k-th smallest and k-th largest value, k the largest for
+    which the interval covers the median with at least ``coverage`` (the
+    binomial count of values below it). None with too few values (fewer
+    than 6 for 95 %)."""
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def below(k: int) -> float:  # P(fewer than k of n values below the median)
+        return sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 0
+    while k + 1 <= n // 2 and 1 - 2 * below(k + 1) >= coverage:
+        k += 1
+    return None if k == 0 else (ordered[k - 1], ordered[n - k])
 
 
 def rps_ceiling(result: dict[str, Any], base: dict[str, Any]) -> float:
@@ -609,6 +637,21 @@ def table(results: dict[str, Any]) -> str:
             ceiling = f"{rps_ceiling(result, base):.2f}x"
         lines.append(f"{name:<22} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
                      f" {ratios:>32} {backends:>16} {ceiling:>14}  {delivery}")  # fmt: skip
+    if base is not None:
+        lines.append("")
+        lines.append("req/s against prometheus, each round's ratio: the median, a 95 % interval "
+                     "for it (distribution-free), and the rounds at or above 0.9x")  # fmt: skip
+        for name, result in results.items():
+            if name == "prometheus":
+                continue
+            ratios = round_ratios(result, base, "rps")
+            interval = median_interval(ratios)
+            shown = "too few rounds"
+            if interval is not None:
+                shown = f"{interval[0]:.2f}-{interval[1]:.2f}x"
+            at_least = sum(ratio >= 0.9 for ratio in ratios)
+            lines.append(f"{name:<22} {statistics.median(ratios):.2f}x  [{shown}]  "
+                         f"{at_least} of {len(ratios)} rounds >= 0.9x")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -206,31 +206,35 @@ class Drain(Generic[Item]):
         if settlement is not DELIVERED and settlement.message:
             tally.last_message = settlement.message
         settled: list[tuple[Entry[Item], Fate]] = []
-        for index, entry in enumerate(entries):
-            fate = settlement.fate(index)
-            if fate in FINAL:
-                settled.append((entry, fate))
-                pending.settled += 1
-                if fate is Fate.DELIVERED:
-                    pending.delivered += 1
-                elif fate is Fate.REFUSED:
-                    self._count_refused(tally, entry, 1, settlement.reason(index))
+        if settlement is DELIVERED:  # the common case, at once
+            settled = [(entry, Fate.DELIVERED) for entry in entries]
+            pending.settled = pending.delivered = len(entries)
+        else:
+            for index, entry in enumerate(entries):
+                fate = settlement.fate(index)
+                if fate in FINAL:
+                    settled.append((entry, fate))
+                    pending.settled += 1
+                    if fate is Fate.DELIVERED:
+                        pending.delivered += 1
+                    elif fate is Fate.REFUSED:
+                        self._count_refused(tally, entry, 1, settlement.reason(index))
+                    else:
+                        self.log.log(
+                            logging.ERROR,
+                            "unencodable",
+                            "%s: could not encode an item, dropped: %s",
+                            self.name,
+                            settlement.reason(index),
+                        )
+                elif fate is Fate.RETRY:
+                    pending.retry.append(entry)
+                elif fate is Fate.SUSPECT:
+                    pending.suspect.append(entry)
+                elif fate is Fate.RESEND:
+                    pending.resend.append(entry)
                 else:
-                    self.log.log(
-                        logging.ERROR,
-                        "unencodable",
-                        "%s: could not encode an item, dropped: %s",
-                        self.name,
-                        settlement.reason(index),
-                    )
-            elif fate is Fate.RETRY:
-                pending.retry.append(entry)
-            elif fate is Fate.SUSPECT:
-                pending.suspect.append(entry)
-            elif fate is Fate.RESEND:
-                pending.resend.append(entry)
-            else:
-                pending.too_large.append(entry)
+                    pending.too_large.append(entry)
         if settled:
             self.buffer.settle(settled)
         tally.delivered += pending.delivered

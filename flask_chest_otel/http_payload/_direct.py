@@ -12,7 +12,9 @@ before every call and switch its mode with an ``ioctl`` at every
 ``settimeout``: 7 system calls per POST, now about 2.5, each one a moment
 the GIL goes to another thread and must be waited for again (the app's
 request thread among them). An answer whose head ``http.client`` read
-before, byte for byte, is not parsed again (:class:`_KnownHeads`); any other answer is
+before, byte for byte, is not parsed again (:class:`_KnownHeads`): when the
+first read brings exactly that head and its body, the answer is known from
+those bytes alone, with no file over the socket (most answers); any other answer is
 read by ``HTTPResponse`` from :class:`_AnswerFile`, a file over the
 socket that bounds the whole answer by the POST's deadline (a server
 answering a byte a second cannot hold it longer) and keeps what it read past
@@ -189,11 +191,13 @@ class _Group:
             # The first answer cannot be there yet: wait for it before the
             # first read; by then the others have mostly come too.
             waiting = True
+            wave_outcomes = []
             for connection, outcome in written:
                 if outcome is None:
                     outcome, waiting = connection.answer(waiting), False
-                outcomes.append(outcome)
-            if stop is not None and any(map(stop, outcomes)):
+                wave_outcomes.append(outcome)
+            outcomes += wave_outcomes
+            if stop is not None and any(map(stop, wave_outcomes)):
                 return outcomes + [NOT_SENT] * (len(posts) - len(outcomes))
         return outcomes
 
@@ -257,8 +261,19 @@ class _Connection:
         """The answer to the POST just written: parsed by ``http.client``
         (or known by its head's bytes, see :class:`_KnownHeads`); the
         connection is kept only if nothing follows the answer."""
-        answer_file = _AnswerFile(sock, deadline, wait_first)
         heads = self._transport.known_heads
+        try:
+            if wait_first:  # it cannot have come yet
+                _wait(sock, select.POLLIN, deadline)
+            first = _io(sock.recv, 65536, sock, deadline, select.POLLIN)
+        except OSError as exc:  # a timeout, a reset
+            self.close()
+            return self._error(exc)
+        # Most answers are one known head and its body, read at once.
+        whole = heads.whole_answer(first)
+        if whole is not None:
+            return whole
+        answer_file = _AnswerFile(sock, deadline, first)
         try:
             head_bytes, known = heads.match(answer_file)
             if known is not None:
@@ -399,6 +414,18 @@ class _KnownHeads:
     def __init__(self) -> None:
         self._heads: dict[bytes, _Head] = {}
 
+    def whole_answer(self, data: bytes) -> Answer | None:
+        """The answer ``data`` is when it is exactly a known head and its
+        whole body, on a connection that stays open; else None."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        end += 4
+        head = self._heads.get(data[:end])
+        if head is None or head.will_close or len(data) != end + head.length:
+            return None
+        return head.answer_with(data[end : end + EXCERPT])
+
     def match(self, answer_file: _AnswerFile) -> tuple[bytes, _Head | None]:
         """(the bytes up to the first empty line, the head they stand for
         if known: then they are taken from ``answer_file``)."""
@@ -431,15 +458,14 @@ class _AnswerFile:
     ``socket.makefile``): each read waits at most until the deadline, and
     what was read past the answer stays in :attr:`buffer`."""
 
-    __slots__ = ("_deadline", "_eof", "_sock", "_wait_first", "buffer", "taken")
+    __slots__ = ("_deadline", "_eof", "_sock", "buffer", "taken")
 
-    def __init__(self, sock: socket.socket, deadline: float, wait_first: bool = False) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, first: bytes) -> None:
         self._sock = sock
         self._deadline = deadline
-        self._eof = False
-        #: Wait before the first read (a ``recv`` tried first would fail).
-        self._wait_first = wait_first
-        self.buffer = bytearray()
+        #: ``first``: what the first ``recv`` read (``b""``: the end of the stream).
+        self._eof = not first
+        self.buffer = bytearray(first)
         #: Bytes read out of the buffer so far.
         self.taken = 0
 
@@ -451,9 +477,6 @@ class _AnswerFile:
         for it; False at the end of the stream."""
         if self._eof:
             return False
-        if self._wait_first:
-            self._wait_first = False
-            _wait(self._sock, select.POLLIN, self._deadline)
         data = _io(self._sock.recv, 65536, self._sock, self._deadline, select.POLLIN)
         if not data:
             self._eof = True
@@ -529,7 +552,10 @@ def _close_dropped(connections: Sequence[_Connection]) -> None:
 def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
     """Writes ``data`` on the non-blocking ``sock``, waiting for room until
     ``deadline`` (``TimeoutError`` then)."""
-    sent = _io(sock.send, data, sock, deadline, select.POLLOUT)
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        sent = 0
     if sent < len(data):
         view = memoryview(data)
         while sent < len(data):

@@ -364,6 +364,9 @@ class HTTPPayloadMetricExporter(BufferedExporter[Item]):
             self._cap(),
             self._asks_to_wait,
         )
+        success = self.success_status_codes
+        if all(type(outcome) is Answer and outcome.status in success for outcome in outcomes):
+            return DELIVERED
         verdicts = Verdicts(len(batch))
         # Those not sent last: the message is what the server said.
         order = sorted(range(len(batch)), key=lambda index: outcomes[index] is NOT_SENT)
