@@ -16,25 +16,32 @@ It then prints the client CPU per POST (``time.process_time`` around N POSTs
 of the same one-request body to the same keep-alive sink, median of 5
 interleaved rounds, spread in brackets): a raw keep-alive ``http.client``
 POST (the practical floor), the same bytes on a socket with the answer read
-by its length and not parsed (below any HTTP client),
+by its length and not parsed (below any HTTP client), the same on 8
+sockets at once (one ``poll`` for their answers: the floor of a writer
+keeping 8 POSTs in flight, as ours does per thread),
 ``requests.Session.post`` (with and without its per-call environment
 look-up), urllib3's pool (what a requests adapter
 sends through), and the per-request writer, once fed ready payloads (its
 send path) and once fed MetricsData (generator, encoding and send: the whole
 per-request path), each with ``max_connections=1`` (one POST at a time,
 like for like with the others) and with its default (16 connections, one
-POST in flight on each).
+POST in flight on each). Last, the Python function calls the writer makes
+per POST on its send path (every thread of it), a count that a busy host
+does not change.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -152,6 +159,35 @@ def _cpu_socket(url: str, body: bytes, posts: int) -> float:
     return cpu
 
 
+def _cpu_sockets(url: str, body: bytes, posts: int, width: int = 8) -> float:
+    """The same POST as bytes on ``width`` kept-alive sockets at once: one
+    written on each, then one ``poll`` for those answered, each answer read
+    in one ``recv`` and not parsed (the lean sink's answer is small): the
+    floor of a writer that keeps ``width`` POSTs in flight, as ours does."""
+    parts = urllib.parse.urlsplit(url)
+    socks = [raw_socket(url) for _ in range(width)]
+    message = (
+        b"POST /ingest HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (parts.netloc.encode(), len(body), body)
+    )
+    start = time.process_time()
+    for _ in range(posts // width):
+        for sock in socks:
+            sock.sendall(message)
+        waiting = {sock.fileno(): sock for sock in socks}
+        while waiting:
+            poller = select.poll()
+            for fd in waiting:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(10_000):
+                if not waiting.pop(fd).recv(65536):
+                    raise SystemExit("bench: the sink closed a connection")
+    cpu = time.process_time() - start
+    for sock in socks:
+        sock.close()
+    return cpu * posts / (posts // width * width)
+
+
 def _cpu_requests(url: str, body: bytes, posts: int, trust_env: bool = True) -> float:
     session = requests.Session()
     session.trust_env = trust_env
@@ -199,12 +235,46 @@ def _cpu_writer(
     return cpu
 
 
+def calls_per_post(url: str, body: bytes, posts: int, chunk: int = 10) -> float:
+    """Python function calls (Python and C) the per-request writer makes per
+    POST on its send path, every thread counted: ``chunk`` ready payloads
+    every 2 ms (what 10 ms collections of a busy worker hand it), default
+    connections. A count, not a timing: a busy host does not change it."""
+    calls = itertools.count()
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_call"):
+            next(calls)
+
+    threading.setprofile(count)  # the exporter's threads start after this
+    try:
+        exporter = HTTPPayloadMetricExporter(
+            url=url + "/ingest", payload_generator=json_payload, per_request=True
+        )
+        payload = Payload(body, True, "request bench", 1)
+        exporter.enqueue([(payload, len(body))] * chunk)  # connections opened
+        if not exporter.force_flush(timeout_millis=120_000):
+            raise SystemExit("bench: delivery did not finish in 120 s")
+        before = next(calls)
+        for _ in range(posts // chunk):
+            exporter.enqueue([(payload, len(body))] * chunk)
+            time.sleep(0.002)
+        if not exporter.force_flush(timeout_millis=120_000):
+            raise SystemExit("bench: delivery did not finish in 120 s")
+        counted = next(calls) - before
+        exporter.shutdown()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    return counted / (posts // chunk * chunk)
+
+
 def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
     [body_items] = [json_payload(group) for group in _one_request()]
     body = json.dumps(body_items, separators=(",", ":")).encode()
     variants: list[tuple[str, Callable[[], float]]] = [
         ("raw http.client keep-alive", lambda: _cpu_raw(url, body, posts)),
         ("bytes on a socket, answer not parsed", lambda: _cpu_socket(url, body, posts)),
+        ("bytes on 8 sockets at once, not parsed", lambda: _cpu_sockets(url, body, posts)),
         ("requests.Session.post", lambda: _cpu_requests(url, body, posts)),
         ("  the same, trust_env=False", lambda: _cpu_requests(url, body, posts, False)),
         ("urllib3 pool urlopen", lambda: _cpu_urllib3(url, body, posts)),
@@ -234,6 +304,10 @@ def cpu_per_post(url: str, posts: int, rounds: int = 5) -> None:
         median = statistics.median(samples)
         spread = f"[{min(samples):.0f}-{max(samples):.0f}]"
         print(f"{label:42} {median:>8.1f} {spread:>15} {median / floor:>6.2f}x")
+    print(
+        "\nPython calls per POST, the writer's send path (every thread, 10 ready payloads "
+        f"every 2 ms, default connections): {calls_per_post(url, body, posts):.1f}"
+    )
 
 
 def _one_request() -> list[list[Any]]:

@@ -51,11 +51,16 @@ against the default in the same interleaved rounds: ``--variants
 prometheus,per_request,per_request@grace=0.005`` (``@slice=`` and ``@grace=``
 of ``flask_chest_otel._pacing``, ``@steady=`` the steady chests' collect
 interval, all in seconds; ``@group=`` the HTTP writer's connections per
-thread; ``--pacing-slice`` sets the slice of every variant).
+thread; ``--pacing-slice`` sets the slice of every variant). With
+``--baseline DIR``, another checkout (``git worktree add DIR COMMIT``), a
+variant with ``@baseline=1`` runs DIR's flask_chest_otel (the app and this
+script stay this checkout's; the worker checks where it imported it from),
+so that two commits are weighed in the same rounds.
 
     python benchmarks/bench_load.py [--rounds N] [--seconds S] [--quick] [--influx lean]
         [--app-cpus 0 --rest-cpus 1 | --no-pin] [--pacing-slice SECONDS]
         [--variants prometheus,per_request,per_request@grace=0.005]
+        [--baseline DIR --variants prometheus,per_request,per_request@baseline=1]
 """
 
 from __future__ import annotations
@@ -116,6 +121,8 @@ KNOBS = {
     "grace": ("flask_chest_otel._pacing", "GRACE_SECONDS"),
     "steady": ("flask_chest_otel._chest", "STEADY_COLLECT_INTERVAL"),
     "group": ("flask_chest_otel.http_payload._direct", "GROUP"),
+    # Not an attribute: the variant runs the flask_chest_otel of --baseline.
+    "baseline": ("", ""),
 }
 TRACKED = {"GET": ["transaction"], "POST": ["transaction", "response_time"]}
 #: Threads of each gthread worker.
@@ -155,6 +162,12 @@ def app_from_env() -> Flask:
     variant, knobs = parse_variant(spec)
     if os.environ.get("BENCH_PACING_SLICE"):
         knobs.setdefault("slice", float(os.environ["BENCH_PACING_SLICE"]))
+    if knobs.pop("baseline", 0):
+        import flask_chest_otel
+
+        baseline = Path(os.environ["BENCH_BASELINE"]).resolve()
+        if not Path(flask_chest_otel.__file__).resolve().is_relative_to(baseline):
+            raise RuntimeError(f"{spec}: flask_chest_otel is not {baseline}'s")
     for name, value in knobs.items():
         module, attribute = KNOBS[name]
         setattr(importlib.import_module(module), attribute, value)
@@ -480,6 +493,22 @@ def delivered(
 # -- the run ---------------------------------------------------------------------
 
 
+#: Another checkout of this repository (``--baseline``), whose
+#: flask_chest_otel the variants with ``@baseline=1`` run.
+BASELINE: Path | None = None
+
+
+def _checkout(variant: str) -> dict[str, str]:
+    """The environment that makes ``variant``'s workers import the
+    flask_chest_otel of ``BASELINE`` (its directory first on the path; the
+    app and the benchmark's helpers stay this checkout's)."""
+    if not parse_variant(variant)[1].get("baseline"):
+        return {}
+    if BASELINE is None:
+        raise SystemExit(f"bench_load: {variant} needs --baseline DIR")
+    return {"PYTHONPATH": f"{BASELINE}{os.pathsep}{ROOT}", "BENCH_BASELINE": str(BASELINE)}
+
+
 def run(
     rounds: int,
     seconds: float,
@@ -511,7 +540,7 @@ def run(
             name: stack.enter_context(
                 gunicorn(
                     name,
-                    {**env, "BENCH_SQLITE": _sqlite_path(tmp, name)},
+                    {**env, "BENCH_SQLITE": _sqlite_path(tmp, name), **_checkout(name)},
                     worker_class=worker_class,
                 )
             )
@@ -691,12 +720,24 @@ def main() -> None:
         help="our background threads' slice between pauses (flask_chest_otel._pacing."
         "SLICE_SECONDS) in the workers, to weigh it",
     )  # fmt: skip
+    parser.add_argument(
+        "--baseline", type=Path, default=None, metavar="DIR",
+        help="another checkout (git worktree add DIR COMMIT): variants with @baseline=1 run its "
+        "flask_chest_otel, e.g. --variants prometheus,per_request,per_request@baseline=1",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.baseline is not None:
+        global BASELINE
+        BASELINE = args.baseline.resolve()
+        if not (BASELINE / "flask_chest_otel" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no flask_chest_otel package there")
     for spec in args.variants.split(","):
         try:
-            parse_variant(spec)
+            knobs = parse_variant(spec)[1]
         except ValueError as exc:
             parser.error(str(exc))
+        if knobs.get("baseline") and BASELINE is None:
+            parser.error(f"{spec} needs --baseline DIR")
     if args.no_pin:
         print("bench_load: not pinned (--no-pin)", file=sys.stderr)
     else:
