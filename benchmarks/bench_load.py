@@ -167,7 +167,9 @@ def app_from_env() -> Flask:
 
         baseline = Path(os.environ["BENCH_BASELINE"]).resolve()
         if not Path(flask_chest_otel.__file__).resolve().is_relative_to(baseline):
-            raise RuntimeError(f"{spec}: flask_chest_otel is not {baseline}'s")
+            raise RuntimeError(
+                f"{spec}: imported {flask_chest_otel.__file__}, not {baseline}'s (path {sys.path})"
+            )
     for name, value in knobs.items():
         module, attribute = KNOBS[name]
         setattr(importlib.import_module(module), attribute, value)
@@ -297,6 +299,7 @@ def gunicorn(
          "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
          "--chdir", str(directory), app],
         env={**os.environ, **env, "BENCH_VARIANT": variant}, stdout=subprocess.DEVNULL,
+        cwd=directory,  # ``-m`` puts the working directory first on the path
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
