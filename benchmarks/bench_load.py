@@ -33,7 +33,13 @@ per request written by hand (a background thread, one kept-alive socket, a
 prebuilt head, the answer read by its length, nothing parsed, no retry):
 the floor of a writer that waits for each answer before the next POST, so
 that ``per_request`` can be read against it (which writes a POST on each of
-4 connections before reading their answers, and can go below it).
+8 connections before reading their answers, and can go below it).
+``post_floor_8`` is the same with the POSTs made as ``per_request`` makes
+them: every 10 ms the thread takes the requests that ended meanwhile and
+writes one POST on each of 8 kept-alive sockets, then reads their answers
+after one ``poll`` for those answered, each in one ``recv`` (nothing
+parsed): the floor of any writer that POSTs once per request with 8 in
+flight on a collector's cadence, on top of prometheus-flask-exporter.
 
 Pinned by default, so that the backends never count against the app
 (measured fair on 2 cores): gunicorn (master, workers and every thread of
@@ -106,12 +112,12 @@ from tests.servers import victoria_metrics as start_victoria_metrics  # noqa: E4
 
 VARIANTS = [
     "plain", "prometheus", "otel", "flask_chest_0010", "sqlite", "batched", "per_request",
-    "per_request_one_connection", "post_floor",
+    "per_request_one_connection", "post_floor", "post_floor_8",
 ]  # fmt: skip
 #: Variants that deliver points, and where to (for the read-back).
 DELIVERING = {
     "flask_chest_0010", "sqlite", "batched", "per_request", "per_request_one_connection",
-    "post_floor",
+    "post_floor", "post_floor_8",
 }  # fmt: skip
 #: Settings a variant can carry, ``per_request@grace=0.002@slice=0.0001``, to
 #: weigh them against the variant without, in the same interleaved rounds:
@@ -178,12 +184,14 @@ def app_from_env() -> Flask:
     app = Flask(f"bench_load_{variant}")
     view = sample_view(["transaction", "response_time"])
     tags = {"app": label(spec)}
-    if variant in ("prometheus", "post_floor"):
+    if variant in ("prometheus", "post_floor", "post_floor_8"):
         from prometheus_flask_exporter import PrometheusMetrics
 
         PrometheusMetrics(app)
         if variant == "post_floor":
             app.after_request(_floor_poster(f"{sink_url}/{label(spec)}"))
+        elif variant == "post_floor_8":
+            app.after_request(_grouped_floor_poster(f"{sink_url}/{label(spec)}"))
     elif variant == "otel":
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
         from opentelemetry.sdk.metrics import MeterProvider
@@ -265,6 +273,53 @@ def _floor_poster(url: str) -> Callable[[Any], Any]:
 
     def queue_post(response: Any) -> Any:
         waiting.put(uuid.uuid4().hex)
+        return response
+
+    return queue_post
+
+
+def _grouped_floor_poster(url: str, width: int = 8, every: float = 0.01) -> Callable[[Any], Any]:
+    """``post_floor_8``'s after-request hook: queues the request's ID; every
+    ``every`` seconds a thread POSTs those queued, ``width`` at a time, one
+    on each kept-alive socket, then reads their answers as ``poll`` finds
+    them answered, one ``recv`` each, nothing parsed."""
+    import collections
+    import select
+    import threading
+    import uuid
+
+    parts = urllib.parse.urlsplit(url)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    ).encode()
+    waiting: collections.deque[str] = collections.deque()
+
+    def post() -> None:
+        socks = [raw_socket(url) for _ in range(width)]
+        for sock in socks:
+            sock.setblocking(False)
+        while True:
+            time.sleep(every)
+            while waiting:
+                wave = []
+                while waiting and len(wave) < width:
+                    body = json.dumps({"0": ["transaction", 1, waiting.popleft()]}).encode()
+                    wave.append(head % len(body) + body)
+                for sock, message in zip(socks, wave, strict=False):
+                    sock.sendall(message)
+                answers = {sock.fileno(): sock for sock in socks[: len(wave)]}
+                while answers:
+                    poller = select.poll()
+                    for fd in answers:
+                        poller.register(fd, select.POLLIN)
+                    for fd, _ in poller.poll():
+                        answers.pop(fd).recv(65536)
+
+    threading.Thread(target=post, daemon=True).start()
+
+    def queue_post(response: Any) -> Any:
+        waiting.append(uuid.uuid4().hex)
         return response
 
     return queue_post
@@ -483,7 +538,7 @@ def delivered(
     base, name = parse_variant(variant)[0], label(variant)
     if base == "sqlite":
         return {"SQLite": len(_sqlite_request_ids(_sqlite_path(sqlite_dir, variant)))}
-    if base == "post_floor":
+    if base in ("post_floor", "post_floor_8"):
         return {"HTTP": len(_sink_request_ids(sink, f"/{name}"))}
     influx_ids = (
         _lean_influx_request_ids(influx, name)
