@@ -247,6 +247,15 @@ def app_from_env() -> Flask:
     return app
 
 
+def _floor_head(url: str) -> bytes:
+    """The head of the floor posters' POSTs to ``url``, the length left to fill."""
+    parts = urllib.parse.urlsplit(url)
+    return (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    ).encode()
+
+
 def _floor_poster(url: str) -> Callable[[Any], Any]:
     """``post_floor``'s after-request hook: queues the request's ID; a
     thread POSTs one JSON payload per request (the sample generator's shape)
@@ -255,11 +264,7 @@ def _floor_poster(url: str) -> Callable[[Any], Any]:
     import threading
     import uuid
 
-    parts = urllib.parse.urlsplit(url)
-    head = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-    ).encode()
+    head = _floor_head(url)
     waiting: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def post() -> None:
@@ -288,11 +293,7 @@ def _grouped_floor_poster(url: str, width: int = 8, every: float = 0.01) -> Call
     import threading
     import uuid
 
-    parts = urllib.parse.urlsplit(url)
-    head = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-    ).encode()
+    head = _floor_head(url)
     waiting: collections.deque[str] = collections.deque()
 
     def post() -> None:
