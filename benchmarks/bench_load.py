@@ -559,8 +559,9 @@ BASELINE: Path | None = None
 
 def _checkout(variant: str) -> dict[str, str]:
     """The environment that makes ``variant``'s workers import the
-    flask_chest_otel of ``BASELINE`` (its directory first on the path; the
-    app and the benchmark's helpers stay this checkout's)."""
+    flask_chest_otel of ``BASELINE`` (its directory first on the path, so
+    its ``tests`` helpers too; the app and ``benchmarks/`` stay this
+    checkout's)."""
     if not parse_variant(variant)[1].get("baseline"):
         return {}
     if BASELINE is None:
