@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import select
 import socket
 import statistics
 import subprocess
@@ -23,7 +24,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,23 @@ def raw_post(sock: socket.socket, message: bytes, buffer: bytes) -> bytes:
     while len(buffer) < end + 4 + length:
         buffer += sock.recv(65536)
     return buffer[end + 4 + length :]
+
+
+def raw_post_wave(socks: Sequence[socket.socket], messages: Sequence[bytes]) -> None:
+    """Writes one POST of ``messages`` on each of ``socks`` (kept-alive,
+    blocking), then reads their answers as ``poll`` finds them answered, one
+    ``recv`` each, nothing parsed (the lean sink's answer is small): the
+    floor of a writer keeping that many POSTs in flight."""
+    for sock, message in zip(socks, messages, strict=False):
+        sock.sendall(message)
+    waiting = {sock.fileno(): sock for sock in socks[: len(messages)]}
+    while waiting:
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        for fd, _ in poller.poll(10_000):
+            if not waiting.pop(fd).recv(65536):
+                raise RuntimeError("bench: the sink closed a connection")
 
 
 # -- servers ------------------------------------------------------------------

@@ -37,7 +37,6 @@ import http.client
 import itertools
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from typing import Any
 
 import requests
 import urllib3
-from _common import raw_post, raw_socket
+from _common import raw_post, raw_post_wave, raw_socket
 from opentelemetry.sdk.metrics.export import (
     Gauge,
     Metric,
@@ -172,16 +171,7 @@ def _cpu_sockets(url: str, body: bytes, posts: int, width: int = 8) -> float:
     )
     start = time.process_time()
     for _ in range(posts // width):
-        for sock in socks:
-            sock.sendall(message)
-        waiting = {sock.fileno(): sock for sock in socks}
-        while waiting:
-            poller = select.poll()
-            for fd in waiting:
-                poller.register(fd, select.POLLIN)
-            for fd, _ in poller.poll(10_000):
-                if not waiting.pop(fd).recv(65536):
-                    raise SystemExit("bench: the sink closed a connection")
+        raw_post_wave(socks, [message] * width)
     cpu = time.process_time() - start
     for sock in socks:
         sock.close()

@@ -100,6 +100,7 @@ from _common import (  # noqa: E402
     cpu_seconds,
     cust_payload_generator,
     raw_post,
+    raw_post_wave,
     raw_socket,
     sample_view,
 )
@@ -289,7 +290,6 @@ def _grouped_floor_poster(url: str, width: int = 8, every: float = 0.01) -> Call
     on each kept-alive socket, then reads their answers as ``poll`` finds
     them answered, one ``recv`` each, nothing parsed."""
     import collections
-    import select
     import threading
     import uuid
 
@@ -298,8 +298,6 @@ def _grouped_floor_poster(url: str, width: int = 8, every: float = 0.01) -> Call
 
     def post() -> None:
         socks = [raw_socket(url) for _ in range(width)]
-        for sock in socks:
-            sock.setblocking(False)
         while True:
             time.sleep(every)
             while waiting:
@@ -307,15 +305,7 @@ def _grouped_floor_poster(url: str, width: int = 8, every: float = 0.01) -> Call
                 while waiting and len(wave) < width:
                     body = json.dumps({"0": ["transaction", 1, waiting.popleft()]}).encode()
                     wave.append(head % len(body) + body)
-                for sock, message in zip(socks, wave, strict=False):
-                    sock.sendall(message)
-                answers = {sock.fileno(): sock for sock in socks[: len(wave)]}
-                while answers:
-                    poller = select.poll()
-                    for fd in answers:
-                        poller.register(fd, select.POLLIN)
-                    for fd, _ in poller.poll():
-                        answers.pop(fd).recv(65536)
+                raw_post_wave(socks, wave)
 
     threading.Thread(target=post, daemon=True).start()
 

@@ -552,10 +552,7 @@ def _close_dropped(connections: Sequence[_Connection]) -> None:
 def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
     """Writes ``data`` on the non-blocking ``sock``, waiting for room until
     ``deadline`` (``TimeoutError`` then)."""
-    try:
-        sent = sock.send(data)
-    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-        sent = 0
+    sent = _io(sock.send, data, sock, deadline, select.POLLOUT)
     if sent < len(data):
         view = memoryview(data)
         while sent < len(data):
