@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
@@ -381,6 +383,38 @@ def test_json_values_are_sent_as_json_and_str_or_bytes_as_is(
     [post] = sink.posts()
     assert post.body == body
     assert post.header("Content-Type") == content_type
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    lambda children: st.lists(children, max_size=3)
+    | st.tuples(children, children)
+    | st.dictionaries(st.text(max_size=3) | st.integers() | st.booleans(), children, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values.filter(lambda value: not isinstance(value, str)))
+def test_a_json_body_is_what_json_dumps_writes(value: Any) -> None:
+    """Any JSON value but a text (sent as it is) is written as
+    ``json.dumps`` with our options writes it, by the encoder called
+    straight: a NaN or an infinity as its string, a lone surrogate as
+    U+FFFD."""
+    from flask_chest_otel.http_payload._json_payload import _finite, serialise
+
+    text = json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    expected = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode()
+    assert serialise(value) == (expected, True)
+
+
+def test_a_circular_payload_is_refused_with_an_error() -> None:
+    from flask_chest_otel.http_payload._json_payload import serialise
+
+    circular: list[Any] = [1]
+    circular.append(circular)
+    with pytest.raises((ValueError, RecursionError)):
+        serialise({"tuples": circular})
 
 
 def test_a_content_type_given_in_headers_wins(

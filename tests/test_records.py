@@ -33,6 +33,7 @@ from flask_chest_otel._records import (
     flat_attributes,
     records_metrics_data,
 )
+from flask_chest_otel.http_payload._context_tuple import record_groups
 from flask_chest_otel.http_payload._exporter import HTTPPayloadMetricExporter
 from flask_chest_otel.influxdb import InfluxDBMetricExporter
 from flask_chest_otel.sqlite import SQLiteMetricExporter
@@ -138,6 +139,87 @@ def test_records_encode_as_their_metrics_data(
         fast = list(exporter._encode_records(records))
         generic = list(exporter._encode(records_metrics_data(records)))
         assert _same(fast, generic), exporter
+
+
+@st.composite
+def _queued_requests(draw: st.DrawFn) -> list[Record]:
+    """Common-layout records of a few requests, mostly as a worker thread
+    queues them (each request's records together, indices rising, times
+    rising), else with the times tied or falling, a request's records split
+    or out of index order, or one record of another layout."""
+    records: list[Record] = []
+    for number in range(draw(st.integers(1, 4))):
+        request_id = draw(st.sampled_from(["r1", "r2", "r3"]))
+        time_unix_nano = 10**18 + draw(st.sampled_from([number, number, number, 0]))
+        route = draw(st.sampled_from(["/", "/api"]))
+        indices = sorted(draw(st.sets(st.integers(0, 3), min_size=1, max_size=3)))
+        if draw(st.integers(0, 4)) == 0:
+            indices = draw(st.permutations(indices + indices[:1]))
+        for index in indices:
+            attributes = {ATTR_REQUEST_ID: request_id, ATTR_METHOD: "GET", ATTR_ROUTE: route,
+                          ATTR_STATUS_CODE: 200, ATTR_INDEX: index}  # fmt: skip
+            name = f"v{index}"
+            records.append((0, name, draw(_numbers), flat_attributes(attributes),
+                            time_unix_nano, None, ()))  # fmt: skip
+    if draw(st.integers(0, 3)) == 0:
+        records = draw(st.permutations(records))
+    if draw(st.integers(0, 5)) == 0:
+        odd = dict(zip(records[0][3][::2], records[0][3][1::2], strict=True))
+        odd[ATTR_STATUS_CODE] = "200"
+        records.insert(draw(st.integers(0, len(records))),
+                       (0, "odd", 1, flat_attributes(odd), 10**18, None, ()))  # fmt: skip
+    return records
+
+
+@settings(max_examples=300, deadline=None)
+@given(records=_queued_requests())
+def test_requests_read_in_one_pass_group_as_any_records(
+    records: list[Record], other_exporters: Any
+) -> None:
+    """The HTTP writer reads a worker's queue in one pass when each request's
+    records come together, in index order, the requests in time order; it
+    groups them, in either mode, exactly as it groups any records (the
+    general path, and the MetricsData they make)."""
+    general = _requests_grouped_generally(records)
+    assert _same(record_groups(records), general)
+    for exporter in other_exporters[1:]:
+        fast = list(exporter._encode_records(records))
+        generic = list(exporter._encode(records_metrics_data(records)))
+        assert _same(fast, generic), exporter
+
+
+def _requests_grouped_generally(records: list[Record]) -> list[list[Any]]:
+    import flask_chest_otel.http_payload._context_tuple as context_tuple
+
+    one_pass = context_tuple._consecutive_groups
+    try:
+        context_tuple._consecutive_groups = lambda records, common: None  # type: ignore[assignment]
+        return record_groups(records)
+    finally:
+        context_tuple._consecutive_groups = one_pass
+
+
+def test_a_worker_queue_is_read_in_one_pass() -> None:
+    """The one pass is taken for a queue as a sync worker fills it, and left
+    for the general path when a request's records are split or its times
+    do not rise."""
+    from flask_chest_otel.http_payload._context_tuple import _consecutive_groups
+
+    def record(request_id: str, index: int, time_unix_nano: int) -> Record:
+        attributes = {ATTR_REQUEST_ID: request_id, ATTR_METHOD: "GET", ATTR_ROUTE: "/",
+                      ATTR_STATUS_CODE: 200, ATTR_INDEX: index}  # fmt: skip
+        return (0, f"v{index}", 1, flat_attributes(attributes), time_unix_nano, None, ())
+
+    queued = [record("a", 0, 1), record("a", 1, 1), record("b", 0, 2), record("b", 1, 2)]
+    groups = _consecutive_groups(queued, lambda name, record, layout: (name, layout[0]))
+    assert groups == [[("v0", "a"), ("v1", "a")], [("v0", "b"), ("v1", "b")]]
+    for not_in_order in (
+        [queued[0], queued[2], queued[1], queued[3]],  # a request's records split
+        [queued[2], queued[3], queued[0], queued[1]],  # times falling
+        [record("a", 0, 1), record("b", 0, 1)],  # times tied
+        [queued[1], queued[0]],  # indices falling
+    ):
+        assert _consecutive_groups(not_in_order, lambda *_: None) is None
 
 
 def test_the_decorator_records_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,6 +33,7 @@ from .._names import (
 )
 from .._pacing import paced
 from .._records import (
+    NAME,
     TAGS,
     TIME_UNIX_NANO,
     VALUE,
@@ -197,6 +198,9 @@ def _record_groups(
 ) -> list[list[T]]:
     # A record of the common layout (``_records.common_layout``) makes its
     # item with ``common``, without a point or a ContextTuple first.
+    groups = _consecutive_groups(records, common)
+    if groups is not None:
+        return groups
     requests_: _Requests[T] = _Requests()
     for order, (name, group) in enumerate(by_name(records).items(), start=1):
         for record in paced(group):
@@ -211,6 +215,40 @@ def _record_groups(
             key = (request_id, time_unix_nano, method, route)
             requests_.add(key, time_unix_nano, index, common(name, record, layout))
     return requests_.groups()
+
+
+def _consecutive_groups(
+    records: Sequence[Record], common: Callable[[str, Record, Layout], T]
+) -> list[list[T]] | None:
+    """``_record_groups``' groups, read in one pass, when the records come as
+    a worker thread queues them: each of the common layout, each request's
+    records one after another with rising indices, the requests' times
+    rising. Their order is then the groups' order, with nothing to sort.
+    None as soon as one record breaks that (the general path then)."""
+    groups: list[list[T]] = []
+    group: list[T] = []
+    last_key: tuple[Any, ...] = ()
+    last_time = -1
+    last_index = 0
+    for record in paced(records):
+        layout = common_layout(record)
+        if layout is None:
+            return None
+        time_unix_nano = record[TIME_UNIX_NANO]
+        key = (layout[0], time_unix_nano, layout[1], layout[2])
+        index = layout[4]
+        if key == last_key:
+            if index <= last_index:
+                return None
+        elif time_unix_nano > last_time:
+            group = []
+            groups.append(group)
+            last_key, last_time = key, time_unix_nano
+        else:
+            return None
+        last_index = index
+        group.append(common(record[NAME], record, layout))
+    return groups
 
 
 def _same(item: ContextTuple) -> ContextTuple:

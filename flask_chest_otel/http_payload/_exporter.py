@@ -498,6 +498,13 @@ def _max_connections(value: int | None, name: str) -> int:
 
 
 def label_of(group: Sequence[ContextTuple]) -> tuple[str, int]:
+    first = group[0][2] if group else None
+    if first is not None:  # the common case, one request's tuples, in one pass
+        for item in group:
+            if item[2] != first:
+                break
+        else:
+            return f"request {_printable(first)}", 1
     request_ids = list(dict.fromkeys(item[2] for item in group if item[2] is not None))
     if len(request_ids) == 1:
         return f"request {_printable(request_ids[0])}", 1

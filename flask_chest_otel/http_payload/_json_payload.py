@@ -22,6 +22,20 @@ _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 #: Compact JSON; one encoder for every payload (``json.dumps`` with options
 #: builds one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+#: The same encoder's C core, made once, called straight (``JSONEncoder.encode``
+#: makes one per call, through two Python frames). Without a circular check,
+#: which would keep state between calls: a circular value fails it with a
+#: RecursionError, and ``_ENCODER`` says why. None where ``json`` has no C
+#: accelerator.
+_C_MAKE_ENCODER = getattr(json.encoder, "c_make_encoder", None)  # not in typeshed
+_C_ENCODE = (
+    None
+    if _C_MAKE_ENCODER is None
+    else _C_MAKE_ENCODER(
+        None, _ENCODER.default, json.encoder.encode_basestring,
+        None, ":", ",", False, False, False,
+    )
+)  # fmt: skip
 
 
 def json_payload(context_tuple_list: Sequence[tuple[str, Any, str | None]]) -> list[dict[str, Any]]:
@@ -65,7 +79,7 @@ def serialise(result: Any) -> tuple[bytes, bool]:
         return _utf8(result), False
     if isinstance(result, _JSON_TYPES):
         try:
-            text = _ENCODER.encode(result)
+            text = _json(result)
         except ValueError:  # a NaN or an infinity somewhere
             text = _ENCODER.encode(_finite(result))
         return _utf8(text), True
@@ -73,6 +87,15 @@ def serialise(result: Any) -> tuple[bytes, bool]:
         f"payload_generator returned a {type(result).__name__}; expected a JSON-serialisable "
         "dict/list/tuple/number/bool/None, or str/bytes"
     )
+
+
+def _json(value: Any) -> str:
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    try:
+        return "".join(_C_ENCODE(value, 0))
+    except RecursionError:  # circular, or too deep: ValueError or RecursionError
+        return _ENCODER.encode(value)
 
 
 def _utf8(text: str) -> bytes:
