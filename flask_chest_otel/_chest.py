@@ -38,12 +38,15 @@ DEFAULT_EXPORT_INTERVAL: float = _DefaultInterval(2.0)
 #: ``SPOOL_PACED_SECONDS``, what bounds the age of what a SIGKILL can lose.
 SPOOL_COLLECT_INTERVAL = 0.05
 #: Seconds between collections for a ``steady`` exporter (per-request POSTs)
-#: while requests come (``_recorder.IDLE_COLLECT_INTERVAL`` otherwise). 10 ms:
-#: each collection is short enough to run without a pause for the GIL
-#: (``_pacing.GRACE_SECONDS``); against 50 ms, per_request's p99 1.21x
-#: prometheus-flask-exporter's instead of 1.40x and its req/s 0.86x instead
-#: of 0.83x (8 pinned interleaved rounds, 2026-12-03, docs/benchmarks.md).
-STEADY_COLLECT_INTERVAL = 0.01
+#: while requests come (``_recorder.IDLE_COLLECT_INTERVAL`` otherwise). 20 ms:
+#: each collection is still short enough to run without a pause for the GIL
+#: (``_pacing.GRACE_SECONDS``), and the per-collection cost (the collector's
+#: and the sender's wake-ups, a sender's round) is paid half as often as at
+#: 10 ms. Pinned, interleaved rounds of 2 s, 2026-12-03 (docs/benchmarks.md):
+#: per_request's req/s against prometheus-flask-exporter's 0.87x, 0.99x and
+#: 0.93x at 20 ms, 0.81x and 0.88x at 10 ms, 0.89x at 30 ms, 0.98x and 0.89x
+#: at 50 ms (30-40 rounds each); p99 1.16-1.22x at 20 ms, 1.16-1.31x at 10 ms.
+STEADY_COLLECT_INTERVAL = 0.02
 
 
 class Chest:

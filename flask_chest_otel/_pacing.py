@@ -23,7 +23,7 @@ request thread, and the wait for the GIL back cost two or three context
 switches and cold caches, far more CPU than the 0.05 ms slice. So each
 piece of work (from one ``background`` call: a collection, a sender's
 round) runs its first ``GRACE_SECONDS`` without a pause. A collection
-every 10 ms of the requests since (the per-request HTTP writer's), or a
+every 20 ms of the requests since (the per-request HTTP writer's), or a
 sender's round between two socket calls, is shorter than that and never
 pauses; a collection of a whole export interval's requests (seconds of
 them) pauses after it as before. A request thread waits at most the
@@ -74,7 +74,8 @@ PAUSE_SECONDS = 0.0001
 #: at all: 1.1; ``benchmarks/syscalls_per_request.sh``), its workers' CPU
 #: per request from 1.25x prometheus-flask-exporter's to 1.19x; with its
 #: collections every 50 ms, p99 rose from 1.29x to 1.40x, which collections
-#: every 10 ms brought to 1.21x (``_chest.STEADY_COLLECT_INTERVAL``); sqlite
+#: every 10 ms brought to 1.21x (``_chest.STEADY_COLLECT_INTERVAL``, now 20
+#: ms, which longer runs read as cheaper at the same p99); sqlite
 #: unchanged (pinned interleaved rounds, 2026-12-03, docs/benchmarks.md).
 GRACE_SECONDS = 0.002
 

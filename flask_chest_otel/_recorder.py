@@ -79,9 +79,9 @@ HAND_OVER_SECONDS = 0.001
 #: what bounds the age of what a SIGKILL loses, at any load.
 SPOOL_PACED_SECONDS = 0.075
 #: Seconds between collections while the last one found nothing, if the
-#: shortest collect interval is shorter: a steady chest's 10 ms would wake
-#: an idle process 100 times a second (2.5 % of a core on the development
-#: host, against 0.5 % at 50 ms). The same as a spooling chest's interval, so
+#: shortest collect interval is shorter: a steady chest's 20 ms would wake
+#: an idle process 50 times a second (at 10 ms, 100 times: 2.5 % of a core
+#: on the development host, against 0.5 % at 50 ms). The same as a spooling chest's interval, so
 #: the first record after a pause reaches the spool as soon as before.
 IDLE_COLLECT_INTERVAL = 0.05
 

@@ -33,7 +33,7 @@ class PerRequestPayloadExporter(HTTPPayloadMetricExporter):
     #: A request's POST goes as soon as it is encoded: the connections take
     #: what waits then, not waiting to fill a batch.
     send_at_items = 1
-    #: Handed each request soon after it ends (every 10 ms while requests
+    #: Handed each request soon after it ends (every 20 ms while requests
     #: come, ``_chest.STEADY_COLLECT_INTERVAL``), not in a burst of a whole
     #: export interval's.
     steady = True
