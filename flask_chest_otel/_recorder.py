@@ -81,8 +81,9 @@ SPOOL_PACED_SECONDS = 0.075
 #: Seconds between collections while the last one found nothing, if the
 #: shortest collect interval is shorter: a steady chest's 20 ms would wake
 #: an idle process 50 times a second (at 10 ms, 100 times: 2.5 % of a core
-#: on the development host, against 0.5 % at 50 ms). The same as a spooling chest's interval, so
-#: the first record after a pause reaches the spool as soon as before.
+#: on the development host, against 0.5 % at 50 ms). The same as a spooling
+#: chest's interval, so the first record after a pause reaches the spool as
+#: soon as before.
 IDLE_COLLECT_INTERVAL = 0.05
 
 

@@ -216,3 +216,14 @@ def high_descriptors() -> Iterator[None]:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def interruptible_by_ctrl_c() -> None:
+    """Called first in a child a test stops with SIGINT: Ctrl-C raises
+    KeyboardInterrupt there, as in a terminal, even when the test run itself
+    ignores SIGINT (a run started in the background by a shell without job
+    control): a child inherits that, and Python leaves an ignored SIGINT
+    ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -187,7 +187,8 @@ def test_an_error_for_one_chest_at_exit_never_skips_the_next(tmp_path: Path) -> 
 DEV_SERVER = textwrap.dedent(
     """
     import itertools, os, sys
-    from tests.conftest import sample_app
+    from tests.conftest import interruptible_by_ctrl_c, sample_app
+    interruptible_by_ctrl_c()
     from flask_chest_otel import FlaskChestSQLite
 
     chest = FlaskChestSQLite(name="dev-server", db_uri=sys.argv[1], export_interval=60)

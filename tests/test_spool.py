@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 SPOOLING_PROCESS = textwrap.dedent(
     """
     import itertools, os, sys, time
-    from tests.conftest import sample_app
+    from tests.conftest import interruptible_by_ctrl_c, sample_app
+    interruptible_by_ctrl_c()
     from flask_chest_otel import FlaskChestInfluxDB
 
     chest = FlaskChestInfluxDB(
