@@ -6,8 +6,9 @@ its chests writing to a real VictoriaMetrics and the lean HTTP sink (both in
 their own processes). Each thread's CPU time is read from
 ``/proc/self/task/<id>/stat`` before and after, so the collector's and each
 sender's share of a request can be weighed apart; the main thread paces the
-requests by spinning, so its own figure is left out. Pin it to one core and
-the servers stay on the other:
+requests by spinning, so its own figure is left out. Pin it to one core
+(the servers it starts inherit the pin; each thread's figure is its own CPU
+time, which they do not add to):
 
     taskset -c 0 python benchmarks/thread_cpu.py per_request per_request@steady=0.01 batched
 
