@@ -291,3 +291,48 @@ def test_the_collector_untracks_a_plain_tuple_never_a_named_tuple() -> None:
     assert gc.is_tracked(plain) and gc.is_tracked(named)  # when made
     gc.collect()
     assert (gc.is_tracked(plain), gc.is_tracked(named)) == (False, True)
+
+
+def test_a_record_made_tuple_reads_pickles_and_copies_as_one_made_whole() -> None:
+    """A tuple made from a record makes its ``attributes`` on first read:
+    read from many threads at once, pickled and copied (which read them),
+    it equals the ContextTuple made with them from the start."""
+    import copy
+    import pickle
+    import threading
+
+    from flask_chest_otel.http_payload._context_tuple import ContextTuple
+
+    common = {ATTR_REQUEST_ID: "r", ATTR_METHOD: "GET", ATTR_ROUTE: "/", ATTR_STATUS_CODE: 201}
+    record: Record = (
+        0, "transaction", 1, flat_attributes({**common, ATTR_INDEX: 0}), 10**18, (1, 2),
+        ("service.name", "shop"),
+    )  # fmt: skip
+    whole = ContextTuple(
+        "transaction", 1, "r",
+        {"method": "GET", "route": "/", "status_code": 201, "service.name": "shop",
+         "trace_id": f"{1:032x}", "span_id": f"{2:016x}"},
+        10**18, "gauge",
+    )  # fmt: skip
+
+    def fields(item: ContextTuple) -> list[Any]:
+        return [*item, item.attributes, item.time_unix_nano, item.kind]
+
+    [[threaded]] = record_groups([record])
+    seen: list[Any] = []
+    barrier = threading.Barrier(8)
+
+    def read() -> None:
+        barrier.wait()
+        seen.append(threaded.attributes)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen == [whole.attributes] * 8
+    assert fields(threaded) == fields(whole)
+    for made in (record_groups([record])[0][0] for _ in range(2)):
+        for twin in (pickle.loads(pickle.dumps(made)), copy.copy(made), copy.deepcopy(made)):
+            assert type(twin) is ContextTuple and fields(twin) == fields(whole)

@@ -61,6 +61,29 @@ _DECORATED_ATTRIBUTES = {
 }
 
 
+class _AttributesOfRecord:
+    """``ContextTuple.attributes`` of a tuple made from a recorder's record
+    (``_common_context_tuple``): the dict is made on its first read, then
+    kept in the tuple's own ``__dict__``, which hides this descriptor from
+    then on (it has no ``__set__``). Most payload generators never read
+    the attributes (the sample usage's does not): a per-request payload then
+    costs no dict per variable. A tuple made with ``attributes`` has them in
+    its ``__dict__`` from the start."""
+
+    def __get__(self, instance: ContextTuple | None, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        own = instance.__dict__
+        record = own.get("_record")
+        if record is None:  # another thread made them meanwhile
+            return own["attributes"]
+        layout = common_layout(record)
+        assert layout is not None  # only records of the common layout are kept
+        attributes = own.setdefault("attributes", _record_attributes(record, layout))
+        own.pop("_record", None)
+        return attributes
+
+
 class ContextTuple(tuple[str, Any, "str | None"]):
     """``(variable_name, variable_value, request_id)``, plus what OTel knew.
 
@@ -82,7 +105,7 @@ class ContextTuple(tuple[str, Any, "str | None"]):
             down) or ``"cumulative_counter"`` (a cumulative monotonic sum).
     """
 
-    attributes: Mapping[str, Any]
+    attributes: Mapping[str, Any] = _AttributesOfRecord()  # type: ignore[assignment]
     time_unix_nano: int
     kind: str
 
@@ -256,7 +279,22 @@ def _same(item: ContextTuple) -> ContextTuple:
 
 
 def _common_context_tuple(name: str, record: Record, layout: Layout) -> ContextTuple:
-    request_id, method, route, status_code, _index = layout
+    """The tuple of a record of the common layout; its attributes are made
+    from the record when first read (``_AttributesOfRecord``)."""
+    item = _new_tuple(ContextTuple, (name, record[VALUE], layout[0]))
+    own = item.__dict__
+    own["time_unix_nano"] = record[TIME_UNIX_NANO]
+    own["kind"] = "gauge"
+    own["_record"] = record
+    return item
+
+
+_new_tuple = tuple.__new__
+
+
+def _record_attributes(record: Record, layout: Layout) -> dict[str, Any]:
+    """``ContextTuple.attributes`` of a record of the common layout."""
+    _request_id, method, route, status_code, _index = layout
     attributes: dict[str, Any] = {"method": method, "route": route, "status_code": status_code}
     tags = record[TAGS]
     if tags:
@@ -264,8 +302,7 @@ def _common_context_tuple(name: str, record: Record, layout: Layout) -> ContextT
     trace = trace_of(record)
     if trace is not None:
         attributes["trace_id"], attributes["span_id"] = trace
-    time_unix_nano = record[TIME_UNIX_NANO]
-    return ContextTuple(name, record[VALUE], request_id, attributes, time_unix_nano, "gauge")
+    return attributes
 
 
 def _common_flat_tuple(name: str, record: Record, layout: Layout) -> FlatTuple:

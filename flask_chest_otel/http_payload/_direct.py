@@ -3,11 +3,12 @@ library's :class:`http.client.HTTPResponse` (no HTTP reader of our own).
 
 Each POST is one ``send`` of a byte template requests prepared once. A
 lane (thread) carries a :class:`_Group` of up to ``GROUP`` connections: it
-writes a POST on each, then reads their answers in turn (never two in flight
-on one connection). The sockets are non-blocking: a write or read is tried
-first and waited for (``poll``, bounded by the POST's deadline) only when
-the kernel cannot take or give bytes at once, and a wave checks its idle
-connections with one ``poll``. A socket with a timeout would ``poll``
+writes a POST on each, then reads their answers as they come (never two
+in flight on one connection): one ``poll`` waits for all those not answered
+yet, and each answer there is read then (``_answers``). The sockets are
+non-blocking: a write is tried first and waited for (``poll``, bounded by
+the POST's deadline) only when the kernel cannot take its bytes at once,
+and a wave checks its idle connections with one ``poll``. A socket with a timeout would ``poll``
 before every call and switch its mode with an ``ioctl`` at every
 ``settimeout``: 7 system calls per POST, now about 2.5, each one a moment
 the GIL goes to another thread and must be waited for again (the app's
@@ -170,7 +171,7 @@ _SKIPPED_CHUNK: list[Outcome] = []
 
 class _Group:
     """A lane's connections: ``post_all`` writes one POST on each, then
-    reads their answers in turn (never two POSTs in flight on one)."""
+    reads their answers as they come (never two POSTs in flight on one)."""
 
     __slots__ = ("connections",)
 
@@ -188,14 +189,7 @@ class _Group:
             _close_dropped(connections)
             wave = zip(connections, posts[start : start + len(connections)], strict=False)
             written = [(connection, connection.send(post, cap)) for connection, post in wave]
-            # The first answer cannot be there yet: wait for it before the
-            # first read; by then the others have mostly come too.
-            waiting = True
-            wave_outcomes = []
-            for connection, outcome in written:
-                if outcome is None:
-                    outcome, waiting = connection.answer(waiting), False
-                wave_outcomes.append(outcome)
+            wave_outcomes = _answers(written)
             outcomes += wave_outcomes
             if stop is not None and any(map(stop, wave_outcomes)):
                 return outcomes + [NOT_SENT] * (len(posts) - len(outcomes))
@@ -249,22 +243,24 @@ class _Connection:
         """The open connection's descriptor; None when there is none."""
         return self._sock.fileno() if self._sock is not None else None
 
-    def answer(self, wait_first: bool = False) -> Outcome:
-        """The answer to the POST ``send`` wrote (``wait_first``: it cannot
-        have come yet, so do not try to read before it has)."""
+    @property
+    def deadline(self) -> float:
+        """When the POST under way must have its answer (monotonic)."""
+        return self._deadline
+
+    def answer(self) -> Outcome:
+        """The answer to the POST ``send`` wrote."""
         sock = self._sock
         if sock is None:  # pragma: no cover - send returned an outcome then
             return SendError("no connection", True)
-        return self._read(sock, self._deadline, wait_first)
+        return self._read(sock, self._deadline)
 
-    def _read(self, sock: socket.socket, deadline: float, wait_first: bool = False) -> Outcome:
+    def _read(self, sock: socket.socket, deadline: float) -> Outcome:
         """The answer to the POST just written: parsed by ``http.client``
         (or known by its head's bytes, see :class:`_KnownHeads`); the
         connection is kept only if nothing follows the answer."""
         heads = self._transport.known_heads
         try:
-            if wait_first:  # it cannot have come yet
-                _wait(sock, select.POLLIN, deadline)
             first = _io(sock.recv, 65536, sock, deadline, select.POLLIN)
         except OSError as exc:  # a timeout, a reset
             self.close()
@@ -531,6 +527,39 @@ class _AnswerFile:
 def _complete(response: http.client.HTTPResponse) -> bool:
     """Whether the whole answer was read (a 204's or 304's is its head)."""
     return response.isclosed() or (response.length == 0 and not response.chunked)
+
+
+def _answers(written: list[tuple[_Connection, Outcome | None]]) -> list[Outcome]:
+    """What became of each POST of a wave: the outcome ``send`` gave, else
+    the answer read from its connection. One ``poll`` waits for those not
+    answered yet, and each answer that came is read then, in the order
+    they came: no read is tried before its answer is there, and one
+    wake-up reads all that arrived meanwhile. A connection whose deadline
+    passes is read anyway, which ends its POST (a timeout)."""
+    outcomes: list[Outcome | None] = [outcome for _, outcome in written]
+    waiting: dict[int, tuple[int, _Connection]] = {}
+    poller = select.poll()
+    for index, (connection, outcome) in enumerate(written):
+        fd = connection.fileno() if outcome is None else None
+        if fd is not None:
+            waiting[fd] = (index, connection)
+            poller.register(fd, select.POLLIN)
+        elif outcome is None:  # pragma: no cover - send returned an outcome then
+            outcomes[index] = connection.answer()
+    while waiting:
+        first_deadline = min(connection.deadline for _, connection in waiting.values())
+        remaining = first_deadline - time.monotonic()
+        ready = poller.poll(max(0, math.ceil(remaining * 1000))) if remaining > 0 else []
+        if not ready and time.monotonic() >= first_deadline:
+            ready = [
+                (fd, 0) for fd, (_, connection) in waiting.items()
+                if connection.deadline <= first_deadline
+            ]  # fmt: skip
+        for fd, _ in ready:
+            index, connection = waiting.pop(fd)
+            poller.unregister(fd)
+            outcomes[index] = connection.answer()
+    return outcomes  # type: ignore[return-value]
 
 
 def _close_dropped(connections: Sequence[_Connection]) -> None:
