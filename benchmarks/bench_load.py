@@ -7,7 +7,10 @@ worker processes per request served (every thread: request handling and
 background export, read from /proc after the workers went idle again, so a
 backlog drained after the run is counted), and the points delivered against
 the requests served (read back from VictoriaMetrics, the HTTP sink and the
-SQLite files at the end). "backends us/req" is the CPU the backends spent
+SQLite files at the end). "app CPU idle" is the share of the app's CPUs
+left idle while wrk ran (median over rounds; every CPU when not pinned):
+above a few percent, the app was not the bottleneck of that round.
+"backends us/req" is the CPU the backends spent
 per request meanwhile (VictoriaMetrics, and the HTTP sink's threads in this
 process): they share the 2 cores with the workers, which prometheus'
 variant does not pay for. "req/s ceiling" is what that alone leaves a
@@ -48,9 +51,11 @@ wrk, VictoriaMetrics and this process (the sinks' threads) on CPU 1; it
 says so on stderr. There wrk runs ahead of the backends (``chrt -f 1``,
 ``SCHED_FIFO``, where the process may; ``--no-load-priority`` not): a sink
 busy with a burst of POSTs would otherwise hold back wrk's next request, the
-app's CPU would idle meanwhile (4-10 % of it in ``per_request``'s rounds
-against 1-4 % in prometheus', measured with ``perf``), and the backend's CPU
-would count against the app after all. ``--app-cpus``/``--rest-cpus`` choose other CPUs,
+app's CPU would idle meanwhile ("app CPU idle": 2-4 % in ``per_request``'s
+rounds against 0.7-1.2 % in prometheus' without it, 0.0-0.5 % in every
+variant with it), and the backend's CPU would count against the app after
+all. With the app's CPU saturated in every variant, req/s ratios follow
+the ratios of CPU per request. ``--app-cpus``/``--rest-cpus`` choose other CPUs,
 ``--no-pin`` shares them all (as the runs before 2026-12 did).
 
 The InfluxDB chests write to a VictoriaMetrics on the same cores, or with
@@ -433,6 +438,23 @@ def _backends_cpu(victoria_metrics_pid: int | None) -> float:
     return vm + time.process_time()
 
 
+def _cpu_times(cpus: list[int]) -> tuple[int, int]:
+    """(idle, total) clock ticks so far of ``cpus`` (every CPU if empty),
+    from /proc/stat: idle and iowait count as idle."""
+    wanted = {f"cpu{cpu}" for cpu in cpus} if cpus else None
+    idle = total = 0
+    with open("/proc/stat") as stat:
+        for line in stat:
+            fields = line.split()
+            if not fields[0].startswith("cpu") or fields[0] == "cpu":
+                continue
+            if wanted is None or fields[0] in wanted:
+                ticks = [int(field) for field in fields[1:9]]
+                idle += ticks[3] + ticks[4]
+                total += sum(ticks)
+    return idle, total
+
+
 def _settled_cpu(pids: list[int], limit: float = 60.0) -> float:
     """The workers' CPU once they are idle again (background export done)."""
     deadline = time.monotonic() + limit
@@ -629,11 +651,15 @@ def run(
                 pids = _workers(master)
                 before = _settled_cpu(pids)
                 backends_before = _backends_cpu(vm_pid)
+                idle_before = _cpu_times(APP_CPUS)
                 measured = wrk(url, seconds, delay_ms)
+                idle_after = _cpu_times(APP_CPUS)
                 after = _settled_cpu(pids)
                 backends = _backends_cpu(vm_pid) - backends_before
                 measured["cpu_us_per_request"] = (after - before) / measured["requests"] * 1e6
                 measured["backend_cpu_us_per_request"] = backends / measured["requests"] * 1e6
+                ticks = max(1, idle_after[1] - idle_before[1])
+                measured["app_cpu_idle_pct"] = (idle_after[0] - idle_before[0]) / ticks * 100
                 served[name] += int(measured["requests"])
                 results[name]["runs"].append(measured)
         for name in variants:
@@ -650,7 +676,8 @@ def run(
                 results[name]["delivered"] = got
     for name in variants:
         runs = results[name]["runs"]
-        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "backend_cpu_us_per_request"):
+        for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "backend_cpu_us_per_request",
+                    "app_cpu_idle_pct"):  # fmt: skip
             values = [run[key] for run in runs]
             results[name][key] = {
                 "median": statistics.median(values), "min": min(values), "max": max(values)
@@ -712,7 +739,7 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"{'variant':<22} {'req/s':>16} {'p50 ms':>14} {'p99 ms':>16} {'CPU us/req':>18}"
         f" {'vs prometheus (req/s, p99, CPU)':>32} {'backends us/req':>16}"
-        f" {'req/s ceiling':>14}  delivered/served"
+        f" {'req/s ceiling':>14} {'app CPU idle':>12}  delivered/served"
     ]
     for name, result in results.items():
         cells = []
@@ -736,8 +763,10 @@ def table(results: dict[str, Any]) -> str:
         ceiling = "-"
         if base is not None and name != "prometheus" and got:
             ceiling = f"{rps_ceiling(result, base):.2f}x"
+        idle = f"{result['app_cpu_idle_pct']['median']:.1f} %"
         lines.append(f"{name:<22} {cells[0]:>16} {cells[1]:>14} {cells[2]:>16} {cells[3]:>18}"
-                     f" {ratios:>32} {backends:>16} {ceiling:>14}  {delivery}")  # fmt: skip
+                     f" {ratios:>32} {backends:>16} {ceiling:>14} {idle:>12}"
+                     f"  {delivery}")  # fmt: skip
     if base is not None:
         lines.append("")
         lines.append("req/s against prometheus, each round's ratio: the median, a 95 % interval "

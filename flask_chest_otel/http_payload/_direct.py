@@ -8,19 +8,20 @@ in flight on one connection): one ``poll`` waits for all those not answered
 yet, and each answer there is read then (``_answers``). The sockets are
 non-blocking: a write is tried first and waited for (``poll``, bounded by
 the POST's deadline) only when the kernel cannot take its bytes at once,
-and a wave checks its idle connections with one ``poll``. A socket with a timeout would ``poll``
-before every call and switch its mode with an ``ioctl`` at every
-``settimeout``: 7 system calls per POST, now about 2.5, each one a moment
-the GIL goes to another thread and must be waited for again (the app's
-request thread among them). An answer whose head ``http.client`` read
-before, byte for byte, is not parsed again (:class:`_KnownHeads`): when the
-first read brings exactly that head and its body, the answer is known from
-those bytes alone, with no file over the socket (most answers); any other answer is
-read by ``HTTPResponse`` from :class:`_AnswerFile`, a file over the
-socket that bounds the whole answer by the POST's deadline (a server
-answering a byte a second cannot hold it longer) and keeps what it read past
-the answer: bytes after an answer (a 204 with a body, garbage) close the
-connection, so they are never taken for the next POST's answer.
+and a wave checks its idle connections with one ``poll``. A socket with a
+timeout would ``poll`` before every call and switch its mode with an
+``ioctl`` at every ``settimeout``: 7 system calls per POST, now about 2.5,
+each one a moment the GIL goes to another thread and must be waited for
+again (the app's request thread among them). An answer whose head
+``http.client`` read before, byte for byte, is not parsed again
+(:class:`_KnownHeads`): when the first read brings exactly that head and
+its body, the answer is known from those bytes alone, with no file over the
+socket (most answers); any other answer is read by ``HTTPResponse`` from
+:class:`_AnswerFile`, a file over the socket that bounds the whole answer
+by the POST's deadline (a server answering a byte a second cannot hold it
+longer) and keeps what it read past the answer: bytes after an answer (a
+204 with a body, garbage) close the connection, so they are never taken for
+the next POST's answer.
 
 When a POST is resent. Only when it cannot have been processed (the
 connection failed before a byte of it was written) or when the server never
