@@ -848,7 +848,7 @@ def main() -> None:
     else:
         cpus = [[int(cpu) for cpu in text.split(",")] for text in (args.app_cpus, args.rest_cpus)]
         print(pin(*cpus), file=sys.stderr)
-    if not args.no_load_priority:
+    if REST_CPUS and not args.no_load_priority:  # pinned: wrk shares its CPUs with the backends
         print(prioritise_load(), file=sys.stderr)
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
     if args.pacing_slice is not None:  # read by app_from_env in each worker

@@ -333,6 +333,7 @@ def test_a_record_made_tuple_reads_pickles_and_copies_as_one_made_whole() -> Non
         thread.join()
     assert seen == [whole.attributes] * 8
     assert fields(threaded) == fields(whole)
-    for made in (record_groups([record])[0][0] for _ in range(2)):
-        for twin in (pickle.loads(pickle.dumps(made)), copy.copy(made), copy.deepcopy(made)):
-            assert type(twin) is ContextTuple and fields(twin) == fields(whole)
+    for twin_of in (lambda item: pickle.loads(pickle.dumps(item)), copy.copy, copy.deepcopy):
+        [[fresh]] = record_groups([record])  # attributes not read yet
+        twin = twin_of(fresh)
+        assert type(twin) is ContextTuple and fields(twin) == fields(whole)
