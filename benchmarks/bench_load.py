@@ -8,8 +8,10 @@ background export, read from /proc after the workers went idle again, so a
 backlog drained after the run is counted), and the points delivered against
 the requests served (read back from VictoriaMetrics, the HTTP sink and the
 SQLite files at the end). "app CPU idle" is the share of the app's CPUs
-left idle while wrk ran (median over rounds; every CPU when not pinned):
-above a few percent, the app was not the bottleneck of that round.
+left idle while wrk ran (median over rounds; every CPU when not pinned;
+from 10 ms clock ticks, so 0.5 % of one CPU over a 2 s round is its
+resolution): above a few percent, the app was not the bottleneck of that
+round.
 "backends us/req" is the CPU the backends spent
 per request meanwhile (VictoriaMetrics, and the HTTP sink's threads in this
 process): they share the 2 cores with the workers, which prometheus'
