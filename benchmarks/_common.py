@@ -346,13 +346,16 @@ def paired_overhead(times: list[float], baseline: list[float]) -> float:
     return statistics.median(t - b for t, b in zip(times, baseline, strict=True))
 
 
+def stat_cpu_seconds(path: str) -> float:
+    """User + system CPU seconds from a /proc ``stat`` file (a process's,
+    or one thread's: ``/proc/<pid>/task/<tid>/stat``)."""
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime, stime
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of the processes, all their threads, from /proc."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICK
+    return sum(stat_cpu_seconds(f"/proc/{pid}/stat") for pid in pids)
 
 
 def rss_bytes() -> int:

@@ -32,20 +32,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # flask_chest_otel and tests, from this checkout
 
-from _common import http_sink, victoria_metrics  # noqa: E402
+from _common import http_sink, stat_cpu_seconds, victoria_metrics  # noqa: E402
 
 
 def thread_cpu() -> dict[str, float]:
     """Seconds of CPU (user + system) of each live thread, by name."""
-    tick = os.sysconf("SC_CLK_TCK")
     seconds = {}
     for thread in threading.enumerate():
         try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
+            seconds[thread.name] = stat_cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
+        except OSError:  # the thread ended meanwhile
             continue
-        seconds[thread.name] = (int(fields[11]) + int(fields[12])) / tick
     return seconds
 
 

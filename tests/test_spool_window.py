@@ -90,6 +90,14 @@ class Received(BufferedExporter[int]):
         return DELIVERED if self.up else retry("down")
 
 
+#: Records queued for the two collections below: enough that the paced one
+#: outlasts its grace by many slices on a fast host (5,000 made 9 pauses,
+#: not the > 10 asserted, in one run of three on 2026-12-03's development
+#: host), fewer than a recorder's ``collect_at``
+#: (20,000), past which a collection runs at full speed anyway.
+OLD_RECORDS = 15_000
+
+
 def records_recorded_ago(seconds: float, requests: int) -> list[Record]:
     """Queued records of the first sink of a new recorder, ``seconds`` old."""
     at = time.time_ns() - int(seconds * 1e9)
@@ -126,7 +134,7 @@ def test_a_spooling_chests_records_past_their_deadline_are_handed_over_without_p
     file) at full speed, requests being served or not: the collector's own
     thread, encoding included, never pauses for them."""
     chest = Chest("window", Received(spool_dir=tmp_path), export_interval=0.05)
-    old = records_recorded_ago(SPOOL_PACED_SECONDS + 0.5, 5_000)
+    old = records_recorded_ago(SPOOL_PACED_SECONDS + 0.5, OLD_RECORDS)
     assert collector_pauses(chest, old, monkeypatch) == []
 
 
@@ -136,7 +144,7 @@ def test_a_chest_that_does_not_spool_is_collected_paced_as_before(
     """The same records, old as they are, are handed to a chest without a
     spool in paced slices: no deadline applies there."""
     chest = Chest("window", Received(), export_interval=0.05)
-    old = records_recorded_ago(SPOOL_PACED_SECONDS + 0.5, 5_000)
+    old = records_recorded_ago(SPOOL_PACED_SECONDS + 0.5, OLD_RECORDS)
     assert len(collector_pauses(chest, old, monkeypatch)) > 10
 
 
