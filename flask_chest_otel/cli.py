@@ -155,7 +155,7 @@ def _report_target(
 ) -> int:
     """What the server of one extra chest acknowledged: its exporter counts
     every item the server accepted, refused, or that was lost."""
-    stats = chest.exporter.stats
+    stats = chest.exporter.stats_snapshot()
     total_requests = sum(sent.values())
     # Each request is one point per variable (InfluxDB), or one payload (HTTP).
     expected = (

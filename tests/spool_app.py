@@ -80,7 +80,7 @@ def main() -> None:
                 assert client.get("/").status_code == 200
             print("served", flush=True)
         elif command[0] == "stats":
-            stats = [dataclasses.asdict(chest.exporter.stats) for chest in chests]
+            stats = [dataclasses.asdict(chest.exporter.stats_snapshot()) for chest in chests]
             print(json.dumps(stats), flush=True)
         elif command[0] == "state":
             print(json.dumps(state()), flush=True)

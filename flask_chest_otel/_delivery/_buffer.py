@@ -10,6 +10,7 @@ hears it in the order it wrote them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -27,7 +28,8 @@ Item = TypeVar("Item")
 
 @dataclass
 class DeliveryStats:
-    """Counters of one exporter, readable from Python (``exporter.stats``)."""
+    """Counters of one exporter, readable from Python: ``exporter.stats``,
+    live, or ``exporter.stats_snapshot()``, a copy whose counters add up."""
 
     exported: int = 0
     retried: int = 0
@@ -138,12 +140,27 @@ class Buffer(Generic[Item]):
         """Unsettled items."""
         return self.stats.buffered
 
+    def snapshot(self) -> DeliveryStats:
+        """A copy of the counters, taken under ``lock``, where every change
+        that moves items from one counter to another is made: the copy's
+        counters add up (each item added is buffered, exported, dropped or
+        spooled in it once), where reading the live ones could see an item
+        leave ``buffered`` before it reaches ``dropped_buffer_full``."""
+        with self.lock:
+            return dataclasses.replace(self.stats)
+
     def count_not_encoded(self, items: int = 1) -> None:
         """Counts ``items`` lost to encoding (``stats.dropped_encoding``),
         under the lock the sender counts its own under: an unlocked ``+=``
         from the collector's thread could lose the sender's increment."""
         with self.lock:
             self.stats.dropped_encoding += items
+
+    def count_dropped_shutdown(self, items: int) -> None:
+        """Counts ``items`` refused after shutdown (``stats.dropped_shutdown``),
+        under ``lock`` as ``count_not_encoded`` does."""
+        with self.lock:
+            self.stats.dropped_shutdown += items
 
     def add(self, items: Sequence[tuple[Item, int]]) -> int:
         """Adds (item, size) pairs, oldest first, spooling them; drops the
@@ -271,11 +288,14 @@ class Buffer(Generic[Item]):
         return self._failures.get(entry[SEQ], 0)
 
     def failed(self, entries: Sequence[Entry[Item]], reset: bool = False) -> None:
-        """One more failed send of each entry (``reset``: count again from 0)."""
+        """One more failed send of each entry, counted in ``stats.retried``
+        (``reset``: count again from 0, not a retry)."""
         with self.lock:
             failures = self._failures
             for entry in entries:
                 failures[entry[SEQ]] = 0 if reset else failures.get(entry[SEQ], 0) + 1
+            if not reset:
+                self.stats.retried += len(entries)
 
     def settle(self, settled: Sequence[tuple[Entry[Item], Fate]]) -> None:
         """Counts each entry by its final fate and lets go of the settled
@@ -378,17 +398,21 @@ class Buffer(Generic[Item]):
 
     def close(self) -> tuple[int, int]:
         """Empties the buffer at shutdown: (unsettled items lost, unsettled
-        items kept in the spool file for the next process)."""
+        items kept in the spool file for the next process), counted in
+        ``stats.dropped_shutdown`` and ``stats.spooled``."""
         with self.lock:
             left = [entry for entry in self._entries if entry[SEQ] not in self._settled]
             kept = sum(1 for entry in left if entry[SPOOLED])
             self._reset()
-            self.stats.buffered = 0
-            self.stats.buffered_bytes = 0
             if self.spool is not None:
                 # Items the disk never took are not kept, whatever their frame.
                 with self.spool_lock:
                     kept -= min(kept, self.spool.close())
+            stats = self.stats
+            stats.buffered = 0
+            stats.buffered_bytes = 0
+            stats.spooled += kept
+            stats.dropped_shutdown += len(left) - kept
         return len(left) - kept, kept
 
     def items(self) -> list[Item]:

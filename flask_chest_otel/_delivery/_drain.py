@@ -240,7 +240,6 @@ class Drain(Generic[Item]):
         tally.delivered += pending.delivered
         if pending.retry:
             self.buffer.failed(pending.retry)
-            self.buffer.stats.retried += len(pending.retry)
             tally.retry = True
             tally.retry_message = settlement.message
             tally.retry_after = settlement.retry_after

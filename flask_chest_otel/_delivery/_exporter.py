@@ -280,7 +280,7 @@ class BufferedExporter(MetricExporter, Generic[Item]):
         return self._encode(records_metrics_data(records))
 
     def _refuse_after_shutdown(self, points: int) -> MetricExportResult:
-        self.stats.dropped_shutdown += points
+        self._buffer.count_dropped_shutdown(points)
         self._log.log(
             logging.WARNING,
             "after-shutdown",
@@ -334,6 +334,12 @@ class BufferedExporter(MetricExporter, Generic[Item]):
             return min(self.max_batch_items, self.paced_batch_items)
         return self.max_batch_items
 
+    def stats_snapshot(self) -> DeliveryStats:
+        """A copy of ``stats`` taken at one moment, under the buffer's lock:
+        its counters add up, where ``stats``, live, read field by field, can
+        catch items between two counters (see ``Buffer.snapshot``)."""
+        return self._buffer.snapshot()
+
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         """Sends everything buffered now; True only if the buffer emptied in
         time and nothing was refused or dropped meanwhile."""
@@ -378,8 +384,6 @@ class BufferedExporter(MetricExporter, Generic[Item]):
                 self._close()
         spool = self._buffer.spool
         lost, kept = self._buffer.close()
-        self.stats.spooled += kept
-        self.stats.dropped_shutdown += lost
         refused = self.stats.dropped_rejected - refused_before
         if lost or refused:
             self.logger.error(
