@@ -72,13 +72,22 @@ class Recorded:
 class _Server(QuietServer):
     sink: HTTPSink
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Numbers the connection here, in the accepting thread, in the order
+        accepted (a handler's own thread may start later than the next)."""
+        with self.sink._lock:
+            self.sink.connections += 1
+            self.sink._numbers[request] = self.sink.connections
+        super().process_request(request, client_address)
+
 
 class _Handler(QuietHandler):
     server: _Server
 
     def setup(self) -> None:
         super().setup()
-        self.connection_number = self.server.sink._new_connection()
+        with self.server.sink._lock:
+            self.connection_number = self.server.sink._numbers.pop(self.request)
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -142,8 +151,9 @@ class HTTPSink(LoopbackServer):
         self._requests: list[Recorded] = []
         self._posts = 0
         self._bytes = 0
-        #: Connections accepted so far.
+        #: Connections accepted so far; each is numbered in the order accepted.
         self.connections = 0
+        self._numbers: dict[Any, int] = {}
         #: OPTIONS requests answered (the writer's probe for pipelining).
         self.probes = 0
         self._lock = threading.Condition()
@@ -160,11 +170,6 @@ class HTTPSink(LoopbackServer):
         """Answers the next requests with ``replies``, in order."""
         with self._lock:
             self._script.extend(replies)
-
-    def _new_connection(self) -> int:
-        with self._lock:
-            self.connections += 1
-            return self.connections
 
     def _record_and_reply(self, recorded: Recorded) -> Reply:
         with self._lock:

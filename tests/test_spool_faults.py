@@ -9,6 +9,7 @@ is "down" while the sink answers 503, "up" once it answers 204.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -122,7 +123,17 @@ def sink() -> Iterator[HTTPSink]:
 
 def bring_up(sink: HTTPSink) -> tuple[int, int]:
     """Answers 204 from now on; returns the index of the first request so
-    answered, and the connections accepted so far."""
+    answered, and the connections accepted so far. Every connection a killed
+    process opened is accepted first: a connection made here is accepted
+    after them (the listen queue is first in, first out), and the sink
+    numbers connections as it accepts them, so once it answered this one,
+    theirs are all counted (``delivered`` leaves them out)."""
+    marker = http.client.HTTPConnection("127.0.0.1", sink.port, timeout=10)
+    try:
+        marker.request("GET", "/__count")
+        assert marker.getresponse().status == 200
+    finally:
+        marker.close()
     with sink._lock:
         sink.default = UP
         return len(sink._requests), sink.connections
